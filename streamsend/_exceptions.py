@@ -1,0 +1,113 @@
+"""Every error streamsend raises, and the one place lower-level errors are mapped onto them.
+
+    StreamsendError
+    ├── ConfigError            bad flag, config file or environment value (exit 2)
+    ├── InputError             an input file can't be opened or read (exit 2)
+    └── SendError              one request attempt went wrong; carries the batch it concerns
+        ├── NotSent            the service certainly did not accept it: safe to retry
+        │   └── RateLimited    429: pause the sender for `retry_after` seconds, then retry
+        ├── MaybeSent          the request left us and no readable answer came back: the
+        │                      messages may be queued. Never resent unless the user opts in.
+        └── Refused            the service answered with a request-level error: don't retry
+            └── FatalServiceError  401 / list_not_found: every later request would fail too
+
+The distinction that matters for SMS is between *not sent*, *maybe sent* and *refused*: a message
+resent after a *maybe sent* error can reach a person twice, which costs money and trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import aiohttp
+
+
+class StreamsendError(Exception):
+    """Base class of everything streamsend raises on purpose."""
+
+
+class ConfigError(StreamsendError):
+    """A flag, config file or environment value is wrong. The message names it and the fix."""
+
+
+class InputError(StreamsendError):
+    """An input can't be opened or read."""
+
+
+class SendError(StreamsendError):
+    """One attempt at one request failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        status: int | None = None,
+        request: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code  # the service's machine code, or ours (e.g. "timeout")
+        self.status = status  # the HTTP status, when there was one
+        self.request = request  # the request sequence number
+
+
+class NotSent(SendError):
+    """The service certainly did not accept the request (5xx, or it never left us)."""
+
+
+class RateLimited(NotSent):
+    """429: the sender for this sending number pauses for `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class MaybeSent(SendError):
+    """The request was transmitted and no readable answer came: its messages may be queued."""
+
+
+class Refused(SendError):
+    """A request-level error from the service (400, 403, 404, 413): retrying can't help."""
+
+
+class FatalServiceError(Refused):
+    """401 or list_not_found: every later request would fail the same way, so the run stops."""
+
+
+def map_transport_error(
+    exc: BaseException, *, transmitted: bool, request: int | None
+) -> SendError:
+    """Map an aiohttp/OS/timeout error of one attempt to *not sent* or *maybe sent*.
+
+    `transmitted` says whether any byte of the request reached the socket (tracked with aiohttp's
+    trace hooks). Before that, nothing can have been accepted whatever the error was; after it,
+    every transport failure is ambiguous, because the service may have queued the messages and
+    lost only the answer.
+    """
+    kind: type[SendError] = MaybeSent if transmitted else NotSent
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return kind("the request timed out", code="timeout", request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Connecting failed (refused, DNS, TLS handshake): the request never left.
+        return NotSent(f"could not connect: {exc}", code="connect_error", request=request)
+    if isinstance(exc, ssl.SSLError) and not transmitted:
+        return NotSent(f"TLS failed: {exc}", code="tls_error", request=request)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return kind("the server closed the connection", code="disconnected", request=request)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return kind("the response body was cut off", code="truncated_response", request=request)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return kind(f"transport error: {type(exc).__name__}", code="transport_error",
+                    request=request)
+    raise TypeError(f"unmapped error type {type(exc).__name__}") from exc
+
+
+#: The lower-level errors `map_transport_error` handles; a test checks each maps to a SendError.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    asyncio.TimeoutError,
+    aiohttp.ClientError,
+    OSError,
+)

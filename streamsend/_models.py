@@ -1,0 +1,107 @@
+"""The records that flow through the pipeline.
+
+Every input line becomes either a `Message` (valid, to be sent) or an `Outcome` with status
+`invalid`; every `Message` is carried by exactly one `Batch` per attempt and ends as one `Outcome`.
+
+`Message` and `Outcome` are `NamedTuple`s rather than frozen dataclasses: they are created once per
+input line on the hot path, and a frozen dataclass pays an `object.__setattr__` per field (about
+three times the cost of a tuple). They are immutable and typed all the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+import orjson
+
+
+class Status(StrEnum):
+    """What became of one input line. The outcomes file holds these values and nothing else."""
+
+    QUEUED = "queued"  # the service accepted it
+    REJECTED = "rejected"  # the service listed it in the response's `errors`
+    INVALID = "invalid"  # refused here, never sent
+    FAILED = "failed"  # certainly not accepted (request-level error, retries exhausted)
+    UNKNOWN = "unknown"  # may or may not have been accepted: never resent silently
+
+
+#: Statuses that end a line for good: `--resume` skips lines whose last outcome is one of these.
+FINAL_STATUSES = frozenset({Status.QUEUED, Status.REJECTED, Status.INVALID})
+
+
+class Encoding(StrEnum):
+    GSM7 = "gsm7"
+    UCS2 = "ucs2"
+
+
+class Message(NamedTuple):
+    """One validated input line, ready to be put in a request."""
+
+    source: str  # the input path as given, "-" for stdin
+    line: int  # 1-based physical line number in `source`
+    to: str  # normalised recipient (E.164)
+    sender: str  # v1 from_phone_number_id or v2 list_number
+    wire: bytes  # this message as a JSON object in the request's `messages` array
+    ref_json: bytes  # the caller's `ref` as encoded JSON, b"" when absent
+    segments: int
+    encoding: Encoding
+
+
+class Outcome(NamedTuple):
+    """The one result of one input line."""
+
+    source: str
+    line: int
+    status: Status
+    code: str | None = None
+    error: str | None = None
+    to_msisdn: str | None = None
+    ref_json: bytes = b""
+    attempts: int = 0
+    request: int | None = None
+    sender: str | None = None
+    segments: int | None = None
+    encoding: Encoding | None = None
+
+    @property
+    def ref(self) -> object:
+        """The caller's `ref`, decoded (None when the line had none)."""
+        return orjson.loads(self.ref_json) if self.ref_json else None
+
+    def to_dict(self) -> dict[str, object]:
+        """The outcome as the outcomes file writes it (absent fields left out)."""
+        record: dict[str, object] = {
+            "line": self.line,
+            "source": self.source,
+            "status": self.status.value,
+        }
+        for name in ("code", "error", "to_msisdn"):
+            value = getattr(self, name)
+            if value is not None:
+                record[name] = value
+        if self.ref_json:
+            record["ref"] = self.ref
+        record["attempts"] = self.attempts
+        if self.request is not None:
+            record["request"] = self.request
+        if self.sender is not None:
+            record["sender"] = self.sender
+        if self.segments is not None:
+            record["segments"] = self.segments
+        if self.encoding is not None:
+            record["encoding"] = self.encoding.value
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The messages of one request: one sender, at most 1,000 messages, under 5,000,000 bytes."""
+
+    sender: str
+    messages: tuple[Message, ...]
+    body_bytes: int  # the encoded request body's size, as the batcher counted it
+
+    def __len__(self) -> int:
+        return len(self.messages)

@@ -1,0 +1,47 @@
+"""How many SMS segments a body costs, and in which encoding.
+
+The rules (see the Trackly API notes): a body made only of GSM 03.38 characters is GSM-7, 160
+characters in one segment or 153 per segment when split, where the extension characters
+``^ { } \\ [ ] ~ | €`` (and form feed) take two; any other character makes the whole body UCS-2,
+70 UTF-16 code units in one segment or 67 per segment when split.
+"""
+
+from __future__ import annotations
+
+from streamsend._models import Encoding
+
+# GSM 03.38 basic character set (the default alphabet), as the characters it maps to.
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+# The extension table: each costs an escape character plus itself.
+_GSM7_EXTENSION = frozenset("^{}\\[]~|€\f")
+_GSM7_ALL = _GSM7_BASIC | _GSM7_EXTENSION
+
+# ASCII characters outside GSM-7 (controls other than LF/CR, and the backtick). An ASCII body
+# without them is GSM-7, which lets the common case skip the per-character set lookups.
+_ASCII_NOT_GSM7 = bytes(c for c in range(128) if chr(c) not in _GSM7_ALL)
+_ASCII_EXTENSION = "".join(sorted(c for c in _GSM7_EXTENSION if c.isascii()))
+
+
+def count_segments(body: str) -> tuple[int, Encoding]:
+    """Return (segments, encoding) for a message body."""
+    if body.isascii():
+        raw = body.encode("ascii")
+        if len(raw.translate(None, _ASCII_NOT_GSM7)) == len(raw):
+            units = len(raw) + sum(map(raw.count, _ASCII_EXTENSION_BYTES))
+            return _gsm7_segments(units), Encoding.GSM7
+    elif _GSM7_ALL.issuperset(body):
+        units = len(body) + sum(1 for c in body if c in _GSM7_EXTENSION)
+        return _gsm7_segments(units), Encoding.GSM7
+    # UTF-16 code units: characters outside the BMP (most emoji) take two.
+    units = len(body.encode("utf-16-le")) // 2
+    return (1 if units <= 70 else -(-units // 67)), Encoding.UCS2
+
+
+_ASCII_EXTENSION_BYTES = [c.encode("ascii") for c in _ASCII_EXTENSION]
+
+
+def _gsm7_segments(units: int) -> int:
+    return 1 if units <= 160 else -(-units // 153)
