@@ -76,9 +76,7 @@ class FatalServiceError(Refused):
     """401 or list_not_found: every later request would fail the same way, so the run stops."""
 
 
-def map_transport_error(
-    exc: BaseException, *, transmitted: bool, request: int | None
-) -> SendError:
+def map_transport_error(exc: BaseException, *, transmitted: bool, request: int | None) -> SendError:
     """Map an aiohttp/OS/timeout error of one attempt to *not sent* or *maybe sent*.
 
     `transmitted` says whether any byte of the request reached the socket (tracked with aiohttp's
@@ -99,8 +97,9 @@ def map_transport_error(
     if isinstance(exc, aiohttp.ClientPayloadError):
         return kind("the response body was cut off", code="truncated_response", request=request)
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return kind(f"transport error: {type(exc).__name__}", code="transport_error",
-                    request=request)
+        return kind(
+            f"transport error: {type(exc).__name__}", code="transport_error", request=request
+        )
     raise TypeError(f"unmapped error type {type(exc).__name__}") from exc
 
 

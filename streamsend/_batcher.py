@@ -1,0 +1,132 @@
+"""Batching: Messages become requests of one sender, at most 1,000 messages, under 5,000,000 bytes.
+
+Promises (checked by property-based tests):
+- every message added comes out in exactly one batch, in the order it was added for its sender;
+- a batch never mixes senders, never exceeds its sender's message cap, and its encoded request
+  body stays strictly below `max_body_bytes` (the service answers 413 above 5 MB; we take the
+  strict reading, 5,000,000 bytes, and stay below it);
+- an open batch waits at most `linger` seconds after its first message (like Kafka's linger.ms),
+  so a slow stream is never held back for long and a fast one still fills whole batches;
+- at most `max_buffered` messages wait in open batches across all senders: past that, the least
+  recently filled batch is sent early, so a stream naming fifty senders can't hold 50 × 1,000.
+
+The batcher is plain synchronous code: the pipeline calls it from one task and drives the clock,
+which keeps it easy to test and free of locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from streamsend._models import Batch, Message
+
+MAX_BATCH_MESSAGES = 1000
+# The service refuses bodies over 5 MB with 413; "5 MB" is read strictly as 5,000,000 bytes.
+MAX_REQUEST_BYTES = 5_000_000
+
+
+def request_envelope(api_version: str, sender: str) -> tuple[bytes, bytes]:
+    """The bytes around the comma-joined messages of one request body."""
+    if api_version == "v1":
+        # v1 names the sending list once per request; v2 carries `list_number` on each message.
+        return b'{"from_phone_number_id":' + orjson.dumps(sender) + b',"messages":[', b"]}"
+    return b'{"messages":[', b"]}"
+
+
+def encode_request_body(api_version: str, batch: Batch) -> bytes:
+    head, tail = request_envelope(api_version, batch.sender)
+    return head + b",".join([m.wire for m in batch.messages]) + tail
+
+
+@dataclass(slots=True)
+class _OpenBatch:
+    opened_at: float
+    cap: int
+    size: int  # the request body's bytes with the messages so far
+    messages: list[Message] = field(default_factory=list)
+
+
+class Batcher:
+    """Groups messages into per-sender batches; see the module's promises."""
+
+    def __init__(
+        self,
+        *,
+        api_version: str = "v1",
+        max_messages: int = MAX_BATCH_MESSAGES,
+        max_body_bytes: int = MAX_REQUEST_BYTES,
+        linger: float = 0.25,
+        max_buffered: int = 10 * MAX_BATCH_MESSAGES,
+        cap_for_sender: Callable[[str], int] | None = None,
+    ) -> None:
+        if not 1 <= max_messages <= MAX_BATCH_MESSAGES:
+            raise ValueError("max_messages must be between 1 and 1000")
+        self.api_version = api_version
+        self.max_messages = max_messages
+        self.max_body_bytes = max_body_bytes
+        self.linger = linger
+        self.max_buffered = max(max_buffered, max_messages)
+        self._cap_for_sender = cap_for_sender
+        # Insertion order is recency of filling: the first entry is the least recently filled.
+        self._open: dict[str, _OpenBatch] = {}
+        self._envelope_sizes: dict[str, int] = {}
+        self.buffered = 0
+
+    def add(self, message: Message, now: float) -> list[Batch]:
+        """Add one message; return the batches that are ready because of it (often none)."""
+        ready: list[Batch] = []
+        sender = message.sender
+        open_batch = self._open.pop(sender, None)
+        wire_size = len(message.wire)
+        if open_batch is not None and (open_batch.size + 1 + wire_size >= self.max_body_bytes):
+            ready.append(self._close(sender, open_batch))
+            open_batch = None
+        if open_batch is None:
+            open_batch = _OpenBatch(now, self._cap(sender), self._envelope_size(sender) - 1)
+        open_batch.messages.append(message)
+        open_batch.size += 1 + wire_size  # the comma before it (the first one's is pre-subtracted)
+        self.buffered += 1
+        if len(open_batch.messages) >= open_batch.cap:
+            ready.append(self._close(sender, open_batch))
+        else:
+            self._open[sender] = open_batch  # re-inserted last: the most recently filled
+        while self.buffered > self.max_buffered:
+            oldest = next(iter(self._open))
+            ready.append(self._close(oldest, self._open.pop(oldest)))
+        return ready
+
+    def next_deadline(self) -> float | None:
+        """When the oldest open batch's linger runs out (None when nothing is open)."""
+        if not self._open:
+            return None
+        return min(b.opened_at for b in self._open.values()) + self.linger
+
+    def flush_due(self, now: float) -> list[Batch]:
+        """Close every batch whose linger has run out."""
+        due = [s for s, b in self._open.items() if now - b.opened_at >= self.linger]
+        return [self._close(s, self._open.pop(s)) for s in due]
+
+    def flush_all(self) -> list[Batch]:
+        """Close every open batch (end of input, or shutdown)."""
+        ready = [self._close(s, b) for s, b in self._open.items()]
+        self._open.clear()
+        return ready
+
+    def _close(self, sender: str, open_batch: _OpenBatch) -> Batch:
+        self.buffered -= len(open_batch.messages)
+        return Batch(sender, tuple(open_batch.messages), open_batch.size)
+
+    def _cap(self, sender: str) -> int:
+        if self._cap_for_sender is None:
+            return self.max_messages
+        return max(1, min(self.max_messages, self._cap_for_sender(sender)))
+
+    def _envelope_size(self, sender: str) -> int:
+        size = self._envelope_sizes.get(sender)
+        if size is None:
+            head, tail = request_envelope(self.api_version, sender)
+            size = self._envelope_sizes[sender] = len(head) + len(tail)
+        return size

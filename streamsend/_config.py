@@ -1,0 +1,308 @@
+"""Configuration: defaults < `--config` TOML file < `STREAMSEND_*` environment < command line.
+
+Every key is declared once in `_FIELDS` with its type and range; the file, the environment and
+the command line are all checked by the same code, so an error always names the key and where it
+came from ("rate in configs/production.toml: ..."). The API key is never a setting: it comes from
+TRACKLY_API_KEY or from the file `api_key_file` names, and it is never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+from streamsend._exceptions import ConfigError
+
+DEFAULT_BASE_URL = "https://app.tracklysms.com/api"
+API_KEY_ENV = "TRACKLY_API_KEY"
+_KEY_SHAPE = re.compile(r"trk_[A-Za-z0-9]{32}")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
+_UNIT_SECONDS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+}
+
+
+def parse_rate(text: str) -> float:
+    """'17000/min' → messages per second. A bare number is per second."""
+    match = _RATE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a rate like 17000/min or 300/s")
+    per_second = float(match[1]) / _UNIT_SECONDS[match[2] or "s"]
+    if per_second <= 0:
+        raise ValueError("a rate must be above zero")
+    return per_second
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '250ms', '5m' or a bare number of seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 30s, 250ms or 5m")
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match[2] or "s"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective configuration of one `streamsend send` run."""
+
+    base_url: str = DEFAULT_BASE_URL
+    api_version: Literal["v1", "v2"] = "v1"
+    sender: str | None = None  # --from: v1 from_phone_number_id / v2 list_number
+    batch_size: int = 1000
+    linger_ms: float = 250.0
+    concurrency: int = 8
+    rate: float | None = None  # messages per second per sender; None: unpaced
+    sender_rates: Mapping[str, float] = field(default_factory=dict)
+    timeout: float = 30.0
+    retries: int = 5
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    resend_unknown: bool = False
+    drain_timeout: float = 30.0
+    max_line_bytes: int = 64 * 1024
+    max_buffered: int = 10_000
+    outcomes: str = "-"
+    journal: str | None = None  # default: OUTCOMES.journal when outcomes is a file
+    fsync: Literal["request", "off"] = "request"
+    api_key_file: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_port: int | None = None
+    progress_interval: float = 5.0
+
+    def rate_for(self, sender: str) -> float | None:
+        return self.sender_rates.get(sender, self.rate)
+
+    @property
+    def journal_path(self) -> str | None:
+        if self.journal is not None:
+            return self.journal
+        return None if self.outcomes == "-" else self.outcomes + ".journal"
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict for `config show` and the start log (no secret is in here)."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+
+def _int_in(lo: int, hi: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, str):
+            value = value.strip()
+            if not re.fullmatch(r"-?\d+", value):
+                raise ValueError(f"{value!r} is not a whole number")
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {type(value).__name__}")
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is out of range ({lo} to {hi})")
+        return value
+
+    return parse
+
+
+def _float_in(lo: float, hi: float, *, duration: bool = False) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if isinstance(value, str):
+            value = parse_duration(value) if duration else float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {type(value).__name__}")
+        if not lo <= float(value) <= hi:
+            raise ValueError(f"{value} is out of range ({lo:g} to {hi:g})")
+        return float(value)
+
+    return parse
+
+
+def _ms_in(lo: float, hi: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if isinstance(value, str) and not re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+            value = parse_duration(value) * 1000
+        return _float_in(lo, hi)(value)
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _rate(value: object) -> float | None:
+    if value is None or (isinstance(value, str) and value.lower() in ("", "none", "unlimited")):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("a rate must be above zero")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a rate like 17000/min, got {type(value).__name__}")
+    return parse_rate(value)
+
+
+def _sender_rates(value: object) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of sender = rate")
+    rates: dict[str, float] = {}
+    for sender, rate in value.items():
+        parsed = _rate(rate)
+        if parsed is None:
+            raise ValueError(f"sender {sender!r}: a rate is required")
+        rates[str(sender)] = parsed
+    return rates
+
+
+def _url(value: object) -> str:
+    text = _text(value)
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text.rstrip("/")
+
+
+_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "base_url": _url,
+    "api_version": _choice("v1", "v2"),
+    "sender": _text,
+    "batch_size": _int_in(1, 1000),
+    "linger_ms": _ms_in(0, 60_000),
+    "concurrency": _int_in(1, 256),
+    "rate": _rate,
+    "sender_rates": _sender_rates,
+    "timeout": _float_in(0.1, 600, duration=True),
+    "retries": _int_in(0, 100),
+    "backoff_base": _float_in(0, 60, duration=True),
+    "backoff_cap": _float_in(0, 3600, duration=True),
+    "resend_unknown": _bool,
+    "drain_timeout": _float_in(0, 3600, duration=True),
+    "max_line_bytes": _int_in(64, 64 * 1024 * 1024),
+    "max_buffered": _int_in(1, 1_000_000),
+    "outcomes": _text,
+    "journal": _text,
+    "fsync": _choice("request", "off"),
+    "api_key_file": _text,
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "log_format": _choice("auto", "json", "console"),
+    "metrics_port": _int_in(0, 65535),
+    "progress_interval": _float_in(0.1, 3600, duration=True),
+}
+# Friendlier spellings accepted in files and the environment.
+_ALIASES = {"from": "sender", "rates": "sender_rates"}
+
+
+def _apply(settings: Settings, values: Mapping[str, object], where: str) -> Settings:
+    changes: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = _ALIASES.get(raw_key, raw_key)
+        parser = _FIELDS.get(key)
+        if parser is None:
+            known = ", ".join(sorted(_FIELDS))
+            raise ConfigError(f"unknown key {raw_key!r} in {where} (known keys: {known})")
+        try:
+            changes[key] = parser(value)
+        except ValueError as exc:
+            raise ConfigError(f"{raw_key} in {where}: {exc}") from None
+    return replace(settings, **changes)
+
+
+def load_settings(
+    *,
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cli: Mapping[str, object] | None = None,
+) -> Settings:
+    """Build the effective settings; raises ConfigError naming the key and its source."""
+    settings = Settings()
+    if config_path is not None:
+        try:
+            with open(config_path, "rb") as file:
+                data = tomllib.load(file)
+        except OSError as exc:
+            raise ConfigError(f"can't read config file {config_path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path} is not valid TOML: {exc}") from None
+        data.pop("emulator", None)  # the emulator's own table, read by `streamsend emulator`
+        settings = _apply(settings, data, config_path)
+    environ = os.environ if env is None else env
+    from_env = {
+        name[len("STREAMSEND_") :].lower(): value
+        for name, value in environ.items()
+        if name.startswith("STREAMSEND_")
+    }
+    if from_env:
+        settings = _apply(settings, from_env, "the environment (STREAMSEND_*)")
+    if cli:
+        settings = _apply(
+            settings, {k: v for k, v in cli.items() if v is not None}, "the command line"
+        )
+    if settings.backoff_cap < settings.backoff_base:
+        raise ConfigError("backoff_cap must not be below backoff_base")
+    return settings
+
+
+def load_api_key(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """The API key from TRACKLY_API_KEY or `api_key_file`; a clear error (without it) otherwise."""
+    environ = os.environ if env is None else env
+    key = environ.get(API_KEY_ENV)
+    where = f"the environment variable {API_KEY_ENV}"
+    if not key and settings.api_key_file:
+        try:
+            with open(settings.api_key_file, encoding="utf-8") as file:
+                key = file.read().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"can't read api_key_file {settings.api_key_file}: {exc.strerror}"
+            ) from None
+        where = f"api_key_file {settings.api_key_file}"
+    if not key:
+        raise ConfigError(
+            f"no API key: set {API_KEY_ENV}, or name a key file with api_key_file in the config"
+        )
+    key = key.strip()
+    if not _KEY_SHAPE.fullmatch(key):
+        # Never echo the value: a mistyped key is still mostly a secret.
+        raise ConfigError(
+            f"the API key in {where} is not shaped like a Trackly key "
+            "(trk_ followed by 32 letters or digits)"
+        )
+    return key

@@ -1,0 +1,197 @@
+"""The write-ahead journal, and reading it back for `--resume`.
+
+Before a request is transmitted, the journal records which input lines it carries (`start`); if
+it turns out it was never transmitted, `unsent`; once its outcomes are written, `done`. After a
+crash at any moment, every line falls in exactly one case:
+
+- its last outcome is final (queued, rejected, invalid): skip it;
+- its last outcome is `unknown`: skip it, unless --resend-unknown;
+- a request that carried it started after its last outcome and wasn't recorded `unsent`: it may
+  have been accepted, so it gets `unknown` now (sent again only with --resend-unknown);
+- otherwise (no outcome, or `failed`): send it.
+
+Request numbers grow across runs, which is what orders a line's outcome against the requests
+that carried it. Records are single JSON lines appended with one write; a line torn by a crash is
+ignored on reading, and is necessarily the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import orjson
+
+from streamsend._models import FINAL_STATUSES, Message, Status
+
+
+class Decision(IntEnum):
+    SEND = 0
+    SKIP = 1
+    MARK_UNKNOWN = 2  # was in flight when the previous run stopped
+    WAS_UNKNOWN = 3  # already reported unknown by an earlier run
+
+
+def line_ranges(messages: Sequence[Message]) -> dict[str, list[list[int]]]:
+    """Compress a batch's line numbers into [first, last] runs per source."""
+    ranges: dict[str, list[list[int]]] = {}
+    for m in messages:
+        runs = ranges.get(m.source)
+        if runs is None:
+            ranges[m.source] = [[m.line, m.line]]
+        elif runs[-1][1] + 1 == m.line:
+            runs[-1][1] = m.line
+        else:
+            runs.append([m.line, m.line])
+    return ranges
+
+
+def _expand(runs: list[list[int]]) -> Iterator[int]:
+    for first, last in runs:
+        yield from range(first, last + 1)
+
+
+class Journal:
+    """Appends journal records. `sync()` makes what was written durable (per the fsync policy)."""
+
+    def __init__(self, path: str, *, fsync: bool) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # A torn last record from a killed run: end it, so the next record starts on its own line.
+        size = os.fstat(self._fd).st_size
+        if size:
+            with open(path, "rb") as reader:
+                reader.seek(size - 1)
+                if reader.read(1) != b"\n":
+                    os.write(self._fd, b"\n")
+
+    def record_start(self, request: int, messages: Sequence[Message]) -> None:
+        # os.write on an O_APPEND descriptor: one record, one syscall, no user-space buffer
+        # that a crash could leave half-written behind a later record.
+        os.write(
+            self._fd,
+            orjson.dumps({"start": request, "lines": line_ranges(messages)}) + b"\n",
+        )
+
+    def record_unsent(self, request: int) -> None:
+        os.write(self._fd, b'{"unsent":%d}\n' % request)
+
+    def record_done(self, request: int) -> None:
+        os.write(self._fd, b'{"done":%d}\n' % request)
+
+    async def sync(self) -> None:
+        if self._fsync:
+            await asyncio.to_thread(os.fdatasync, self._fd)
+
+    def close(self) -> None:
+        if self._fsync:
+            os.fdatasync(self._fd)
+        os.close(self._fd)
+
+
+@dataclass(slots=True)
+class _SourceState:
+    decisions: bytearray = field(default_factory=bytearray)
+    last_request: array[int] = field(default_factory=lambda: array("q"))
+
+    def ensure(self, line: int) -> None:
+        missing = line + 1 - len(self.decisions)
+        if missing > 0:
+            self.decisions.extend(bytes(missing))
+            self.last_request.extend([0] * missing)
+
+
+@dataclass(slots=True)
+class ResumeState:
+    """What an earlier run left: a decision per (source, line), and where request numbers go on."""
+
+    resend_unknown: bool = False
+    next_request: int = 1
+    sources: dict[str, _SourceState] = field(default_factory=dict)
+    skipped_records: int = 0  # unreadable lines (a torn tail)
+
+    def decide(self, source: str, line: int) -> Decision:
+        state = self.sources.get(source)
+        if state is None or line >= len(state.decisions):
+            return Decision.SEND
+        decision = Decision(state.decisions[line])
+        if self.resend_unknown and decision in (Decision.MARK_UNKNOWN, Decision.WAS_UNKNOWN):
+            return Decision.SEND
+        return decision
+
+    def counts(self) -> dict[str, int]:
+        totals = {d.name.lower(): 0 for d in Decision}
+        for state in self.sources.values():
+            for d in Decision:
+                totals[d.name.lower()] += state.decisions.count(d.value)
+        totals.pop("send")
+        return totals
+
+    @classmethod
+    def load(cls, outcomes_path: str, journal_path: str, *, resend_unknown: bool) -> ResumeState:
+        resume = cls(resend_unknown=resend_unknown)
+        highest = 0
+        if os.path.exists(outcomes_path):
+            for record in resume._records(outcomes_path):
+                source, line, status = (
+                    record.get("source"),
+                    record.get("line"),
+                    record.get("status"),
+                )
+                if not isinstance(source, str) or not isinstance(line, int) or line < 1:
+                    resume.skipped_records += 1
+                    continue
+                request = record.get("request")
+                request = request if isinstance(request, int) else 0
+                highest = max(highest, request)
+                state = resume.sources.setdefault(source, _SourceState())
+                state.ensure(line)
+                if status in FINAL_STATUSES:
+                    state.decisions[line] = Decision.SKIP
+                elif status == Status.UNKNOWN:
+                    state.decisions[line] = Decision.WAS_UNKNOWN
+                else:  # failed: send again
+                    state.decisions[line] = Decision.SEND
+                state.last_request[line] = max(state.last_request[line], request)
+        if os.path.exists(journal_path):
+            started: dict[int, dict[str, list[list[int]]]] = {}
+            for record in resume._records(journal_path):
+                start, unsent, lines = (
+                    record.get("start"),
+                    record.get("unsent"),
+                    record.get("lines"),
+                )
+                if isinstance(start, int) and isinstance(lines, dict):
+                    started[start] = lines
+                elif isinstance(unsent, int):
+                    started.pop(unsent, None)
+            for request, lines in started.items():
+                highest = max(highest, request)
+                for source, runs in lines.items():
+                    state = resume.sources.setdefault(source, _SourceState())
+                    for line in _expand(runs):
+                        state.ensure(line)
+                        if state.last_request[line] < request:
+                            state.decisions[line] = Decision.MARK_UNKNOWN
+        resume.next_request = highest + 1
+        return resume
+
+    def _records(self, path: str) -> Iterator[dict[str, object]]:
+        with open(path, "rb") as file:
+            for raw in file:
+                if not raw.strip():
+                    continue
+                try:
+                    record = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    self.skipped_records += 1
+                    continue
+                if isinstance(record, dict):
+                    yield record
+                else:
+                    self.skipped_records += 1

@@ -1,0 +1,277 @@
+"""The pipeline: source → validation → batcher → sender → outcomes, for one run.
+
+What it promises, end to end: every non-blank input line it reads gets exactly one outcome,
+except when the run is aborted (a fatal service answer, a second signal or a drain timeout),
+where lines that never reached the service get none and `--resume` sends them later.
+
+Backpressure: the sender's per-sender queues are bounded (in batches), `submit()` waits when one
+is full, and the reader only reads the next chunk after the current one is batched. So a slow or
+throttling service slows the reading, and memory stays flat whatever the input size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from streamsend._batcher import Batcher
+from streamsend._journal import Decision, Journal, ResumeState
+from streamsend._models import Message, Outcome, Status
+from streamsend._outcomes import OutcomeSink
+from streamsend._retry import Backoff
+from streamsend._sender import Sender, SenderSettings, batch_cap_for_rate
+from streamsend._source import LineBlock, LineSource
+from streamsend._stats import RunStats
+from streamsend._validate import Validator
+
+EXIT_OK = 0
+EXIT_NOT_ALL_QUEUED = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    exit_code: int
+    aborted: bool  # a fatal service answer stopped the run
+    interrupted: bool  # a signal stopped the reading early
+
+
+class Pipeline:
+    """One run of the pipeline. `request_stop()` is the graceful drain; call it twice to cut."""
+
+    def __init__(
+        self,
+        settings: Any,  # streamsend._config.Settings (Any keeps the import graph acyclic)
+        *,
+        api_key: str,
+        source: LineSource,
+        sink: OutcomeSink,
+        journal: Journal | None = None,
+        resume: ResumeState | None = None,
+        stats: RunStats | None = None,
+        log: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats or RunStats()
+        self._source = source
+        self._sink = sink
+        self._journal = journal
+        self._resume = resume
+        self._log = log if log is not None else structlog.get_logger("streamsend")
+        self._validator = Validator(
+            api_version=settings.api_version, default_sender=settings.sender
+        )
+        cap_for_sender = self._cap_for_sender
+        self._batcher = Batcher(
+            api_version=settings.api_version,
+            max_messages=settings.batch_size,
+            linger=settings.linger_ms / 1000,
+            max_buffered=settings.max_buffered,
+            cap_for_sender=cap_for_sender,
+        )
+        self.sender = Sender(
+            SenderSettings(
+                base_url=settings.base_url,
+                api_version=settings.api_version,
+                api_key=api_key,
+                concurrency=settings.concurrency,
+                timeout=settings.timeout,
+                retries=settings.retries,
+                resend_unknown=settings.resend_unknown,
+                backoff=Backoff(settings.backoff_base, settings.backoff_cap),
+            ),
+            sink=sink,
+            journal=journal,
+            stats=self.stats,
+            rate_for_sender=settings.rate_for,
+            cap_for_sender=cap_for_sender,
+            first_request=resume.next_request if resume else 1,
+            log=self._log,
+            rng=rng,
+        )
+        self.stats.queue_depth_probes["batches_waiting"] = self.sender.queued_batches
+        self.stats.queue_depth_probes["messages_buffered"] = lambda: self._batcher.buffered
+        self._stop_requests = 0
+        self._stopping = asyncio.Event()
+        self._not_all_queued = False
+
+    def _cap_for_sender(self, sender: str) -> int:
+        return batch_cap_for_rate(self.settings.rate_for(sender), self.settings.batch_size)
+
+    def request_stop(self) -> None:
+        """First call: stop reading, send what is batched, drain. Second call: stop at once."""
+        self._stop_requests += 1
+        self._stopping.set()
+        if self._stop_requests == 1:
+            self._log.warning("stopping", hint="draining; signal again to stop at once")
+        else:
+            self._log.warning("stopping_now")
+
+    async def run(self) -> RunResult:
+        """Run to the end of input or a stop; if reading failed, drain, then raise InputError."""
+        read_error: BaseException | None = None
+        async with self.sender:
+            reader = asyncio.create_task(self._read_all(), name="reader")
+            linger = asyncio.create_task(self._flush_lingering(), name="linger")
+            stop_wait = asyncio.create_task(self._stopping.wait())
+            abort_wait = asyncio.create_task(self.sender.aborted.wait())
+            try:
+                await asyncio.wait(
+                    [reader, stop_wait, abort_wait], return_when=asyncio.FIRST_COMPLETED
+                )
+                if not reader.done():
+                    reader.cancel()  # stop reading; what is batched is still sent
+                await asyncio.gather(reader, return_exceptions=True)
+                if not reader.cancelled():
+                    read_error = reader.exception()
+                linger.cancel()
+                await asyncio.gather(linger, return_exceptions=True)
+                for batch in self._batcher.flush_all():
+                    if self.sender.aborted.is_set():
+                        break
+                    await self.sender.submit(batch)
+                await self._drain()
+            finally:
+                for task in (reader, linger, stop_wait, abort_wait):
+                    task.cancel()
+                await self._sink.flush()
+        if read_error is not None:
+            raise read_error
+        if self.sender.fatal is not None:
+            code = EXIT_ABORTED
+        elif self._stop_requests:
+            code = EXIT_INTERRUPTED
+        elif self._not_all_queued or any(
+            count for status, count in self.stats.by_status.items() if status != "queued"
+        ):
+            code = EXIT_NOT_ALL_QUEUED
+        else:
+            code = EXIT_OK
+        return RunResult(code, self.sender.fatal is not None, bool(self._stop_requests))
+
+    async def _drain(self) -> None:
+        """Wait for requests in flight; once stopping, for at most drain_timeout; at a second
+        signal, not at all."""
+        drain = asyncio.create_task(self.sender.drain())
+        if not self._stop_requests:
+            stop = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait([drain, stop], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+        if not drain.done() and self._stop_requests == 1:
+            second = asyncio.create_task(self._second_stop())
+            await asyncio.wait(
+                [drain, second],
+                timeout=self.settings.drain_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not drain.done() and not second.done():
+                self._log.warning("drain_timeout", drain_timeout=self.settings.drain_timeout)
+            second.cancel()
+        if not drain.done():
+            # Requests still in flight are abandoned: their lines are reported `unknown` when
+            # they were transmitted, and journaled `unsent` (for --resume) when not.
+            await self.sender.cancel()
+            drain.cancel()
+            self._not_all_queued = True
+        await asyncio.gather(drain, return_exceptions=True)
+
+    async def _second_stop(self) -> None:
+        while self._stop_requests < 2:
+            self._stopping.clear()
+            await self._stopping.wait()
+
+    async def _read_all(self) -> None:
+        async for block in self._source:
+            await self._take_block(block)
+            if self.sender.aborted.is_set():
+                return
+
+    async def _take_block(self, block: LineBlock) -> None:
+        stats = self.stats
+        stats.input_bytes_read += block.nbytes
+        validate = self._validator.validate
+        batcher = self._batcher
+        resume = self._resume
+        source = block.source
+        line_no = block.first_line - 1
+        others: list[Outcome] = []  # invalid lines, and lines a crashed run left in flight
+        now = time.monotonic()
+        for raw in block.lines:
+            line_no += 1
+            if raw is not None and not raw:
+                continue  # a blank line: no message, no outcome
+            if resume is not None:
+                decision = resume.decide(source, line_no)
+                if decision is Decision.SKIP or decision is Decision.WAS_UNKNOWN:
+                    continue
+            else:
+                decision = Decision.SEND
+            stats.lines_read += 1
+            if raw is None:
+                others.append(
+                    Outcome(
+                        source,
+                        line_no,
+                        Status.INVALID,
+                        "line_too_long",
+                        f"the line is longer than max_line_bytes ({self.settings.max_line_bytes})",
+                    )
+                )
+                continue
+            result = validate(source, line_no, raw)
+            if isinstance(result, Message):
+                if decision is Decision.MARK_UNKNOWN:
+                    others.append(_in_flight_at_crash(result))
+                    continue
+                for batch in batcher.add(result, now):
+                    await self.sender.submit(batch)
+            elif raw.isspace():
+                stats.lines_read -= 1  # whitespace only: a blank line after all
+            else:
+                others.append(result)
+        if others:
+            self._sink.write(others)
+            for outcome in others:
+                stats.count_outcome(outcome.status.value, outcome.sender)
+            await self._sink.flush()
+
+    async def _flush_lingering(self) -> None:
+        # Polling at a fraction of the linger keeps the lateness of a batch small (a line is on
+        # the wire within linger + 20 ms) at the cost of at most 50 cheap wake-ups a second.
+        interval = max(0.001, min(self._batcher.linger / 5, 0.02))
+        while True:
+            await asyncio.sleep(interval)
+            for batch in self._batcher.flush_due(time.monotonic()):
+                await self.sender.submit(batch)
+
+
+def _in_flight_at_crash(message: Message) -> Outcome:
+    return Outcome(
+        message.source,
+        message.line,
+        Status.UNKNOWN,
+        "in_flight_at_crash",
+        "a previous run stopped while this line's request was in flight; it may have been "
+        "accepted (use --resend-unknown to send it again)",
+        message.to,
+        message.ref_json,
+        0,
+        None,
+        message.sender,
+        message.segments,
+        message.encoding,
+    )
+
+
+async def lines_from(messages: Sequence[bytes], source: str = "-") -> Any:
+    """A LineSource over in-memory lines (tests, the library API)."""
+    yield LineBlock(source, 1, list(messages), sum(len(m) + 1 for m in messages))

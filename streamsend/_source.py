@@ -1,0 +1,168 @@
+"""Reading input: NDJSON files and stdin, in large chunks, split into numbered lines.
+
+Promises:
+- Every physical line of every input is handed on once, numbered from 1 in its own input, in
+  order: blank lines as b"" (the caller skips them but they keep the numbering right), lines
+  longer than `max_line_bytes` as None, without ever holding such a line in memory whole.
+- A UTF-8 BOM at the start of an input and CR of CRLF line endings are removed.
+- Reading is chunked (1 MiB by default): one await per chunk, not per line. A pipe hands on what
+  it has as soon as it has it, so a slow stream isn't held back waiting for a full chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from streamsend._exceptions import InputError
+
+CHUNK_SIZE = 1 << 20
+DEFAULT_MAX_LINE_BYTES = 64 * 1024
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class LineBlock:
+    """Consecutive lines of one input: `lines[i]` is line `first_line + i` of `source`."""
+
+    source: str  # the input path as given, "-" for stdin
+    first_line: int
+    lines: list[bytes | None]  # None: longer than the limit, dropped unread
+    nbytes: int  # input bytes these lines came from, for progress
+
+
+class LineSource(Protocol):
+    """Anything that yields LineBlocks; tests plug in lists, the CLI uses `read_inputs`."""
+
+    def __aiter__(self) -> AsyncIterator[LineBlock]: ...
+
+
+class _ChunkReader(Protocol):
+    async def read(self, n: int) -> bytes: ...
+
+
+class _FileReader:
+    """A regular file (or anything seekable): reads happen in a thread so the loop never blocks."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    async def read(self, n: int) -> bytes:
+        return await asyncio.to_thread(self._file.read, n)
+
+
+async def _pipe_reader(file: BinaryIO) -> _ChunkReader:
+    """A pipe or terminal: the loop is told when data arrives, so partial reads return at once."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2 * CHUNK_SIZE, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), file)
+    return reader
+
+
+def _is_regular(file: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(file.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def total_input_bytes(inputs: Sequence[str]) -> int | None:
+    """The summed size of the inputs when all are regular files (for an ETA), else None."""
+    total = 0
+    for path in inputs:
+        if path == "-":
+            if not _is_regular(sys.stdin.buffer):
+                return None
+            try:
+                total += os.fstat(sys.stdin.buffer.fileno()).st_size
+            except (OSError, ValueError):
+                return None
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        total += st.st_size
+    return total
+
+
+async def read_inputs(
+    inputs: Sequence[str],
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    chunk_size: int = CHUNK_SIZE,
+    stdin: BinaryIO | None = None,
+) -> AsyncIterator[LineBlock]:
+    """Yield the lines of each input in turn ("-" is stdin). Raises InputError if one can't open."""
+    for path in inputs:
+        if path == "-":
+            file = stdin if stdin is not None else sys.stdin.buffer
+            reader: _ChunkReader = (
+                _FileReader(file) if _is_regular(file) else await _pipe_reader(file)
+            )
+            async for block in split_lines("-", reader, max_line_bytes, chunk_size):
+                yield block
+            continue
+        try:
+            # Opened here rather than up front so a run over many files holds one descriptor.
+            file = open(path, "rb")  # noqa: SIM115, ASYNC230 - closed below; a one-off syscall
+        except OSError as exc:
+            raise InputError(f"can't open input {path!r}: {exc.strerror}") from exc
+        try:
+            async for block in split_lines(path, _FileReader(file), max_line_bytes, chunk_size):
+                yield block
+        except OSError as exc:
+            raise InputError(f"can't read input {path!r}: {exc.strerror}") from exc
+        finally:
+            file.close()
+
+
+async def split_lines(
+    source: str, reader: _ChunkReader, max_line_bytes: int, chunk_size: int = CHUNK_SIZE
+) -> AsyncIterator[LineBlock]:
+    """Split a chunked byte stream into numbered lines (see the module's promises)."""
+    next_line = 1
+    tail = b""  # the start of a line whose end hasn't arrived yet (never over the limit)
+    skipping = False  # inside a line already known to be too long: drop bytes until its end
+    pending_bytes = 0  # bytes read but not yet handed on with a line
+    while chunk := await reader.read(chunk_size):
+        pending_bytes += len(chunk)
+        parts = chunk.split(b"\n")
+        rest = parts.pop()  # after the last newline: the start of the next line
+        if not parts:  # no line ended in this chunk
+            if not skipping:
+                tail += rest
+                if len(tail) > max_line_bytes:
+                    skipping, tail = True, b""
+            continue
+        ended_long_line = skipping
+        parts[0] = b"" if skipping else tail + parts[0]
+        skipping, tail = len(rest) > max_line_bytes, rest
+        if skipping:
+            tail = b""
+        if b"\r" in chunk or parts[0].endswith(b"\r"):
+            parts = [part[:-1] if part.endswith(b"\r") else part for part in parts]
+        lines: list[bytes | None] = list(parts)
+        if max(map(len, parts)) > max_line_bytes:
+            lines = [None if len(part) > max_line_bytes else part for part in parts]
+        if ended_long_line:
+            lines[0] = None
+        elif next_line == 1:
+            lines[0] = parts[0].removeprefix(_BOM)
+        yield LineBlock(source, next_line, lines, pending_bytes)
+        next_line += len(lines)
+        pending_bytes = 0
+    if skipping:
+        yield LineBlock(source, next_line, [None], pending_bytes)
+    elif tail:
+        last = tail.removesuffix(b"\r")
+        yield LineBlock(
+            source, next_line, [last.removeprefix(_BOM) if next_line == 1 else last], pending_bytes
+        )
