@@ -15,7 +15,7 @@ venv: $(BIN)/streamsend
 
 ## demo: stream a sample campaign through the built-in emulator and print the summary
 demo: venv
-	$(BIN)/python -m streamsend.demo
+	$(BIN)/streamsend demo
 
 ## test: the whole test suite (what CI runs)
 test: venv

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate a campaign offline: segments, encoding, cost", add_help=False
     )
     sub.add_parser("emulator", help="run the built-in Trackly emulator", add_help=False)
+    sub.add_parser(
+        "demo", help="send a sample campaign through the built-in emulator", add_help=False
+    )
     config = sub.add_parser("config", help="show the effective configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="show")
     show = config_sub.add_parser("show", help="print the effective config (key redacted)")
@@ -191,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streamsend._check import check_main
 
         return check_main(args_list[1:])
+    if args_list and args_list[0] == "demo":
+        from streamsend._demo import demo_main
+
+        return demo_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
         if args.command == "config":
