@@ -1,0 +1,386 @@
+"""The offline campaign check, `streamsend check`: what a send would do, without sending.
+
+Every non-blank input line goes through the same `Validator` that `send` uses, so a line the check
+calls valid is a line `send` would put in a request, and an invalid one gets the same code. One
+NDJSON record per line says so, with the normalised recipient, the segment count and the encoding;
+a `CheckSummary` adds up what the campaign would cost: segments, GSM-7 against UCS-2 bodies, and
+recipients who would get more than one message.
+
+Promises:
+- Exactly one record per non-blank line, in input order. Blank and whitespace-only lines are
+  skipped, as `send` skips them, but keep the line numbering.
+- Memory grows with the number of distinct recipients (one set entry each), not with the input:
+  tens of millions of lines are fine.
+- Nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import BinaryIO, get_args
+
+import orjson
+
+from streamsend._exceptions import ConfigError, InputError, StreamsendError
+from streamsend._models import Encoding, Message
+from streamsend._source import DEFAULT_MAX_LINE_BYTES, read_inputs
+from streamsend._validate import ApiVersion, Validator, sender_problem
+
+#: Stands in for a missing `--from` under v1, where any non-empty ID is well-formed: the check
+#: can say nothing about an ID it would have to ask the service about, so without one it checks
+#: everything else rather than failing every line on `missing_from`.
+V1_PLACEHOLDER_SENDER = "pn_check"
+
+#: How many of the numbers that would get several messages the summary names.
+_EXAMPLE_DUPLICATES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSummary:
+    """What a campaign amounts to. `invalid_by_code` maps each refusal code to its line count."""
+
+    valid: int
+    invalid_by_code: dict[str, int]
+    segments: int  # of the valid messages: what sending them would cost
+    gsm7: int  # valid messages encoded as GSM-7
+    ucs2: int  # valid messages encoded as UCS-2
+    duplicate_recipients: int  # numbers that would get more than one message
+    duplicate_messages: int  # messages beyond the first to those numbers
+    duplicate_examples: tuple[str, ...] = ()  # a few of those numbers, most messages first
+    sender_checked: bool = True  # False when v1 ran without --from (see V1_PLACEHOLDER_SENDER)
+    inputs: tuple[str, ...] = field(default=())
+
+    @property
+    def invalid(self) -> int:
+        return sum(self.invalid_by_code.values())
+
+    @property
+    def lines(self) -> int:
+        return self.valid + self.invalid
+
+    def estimated_cost(self, price_per_segment: Decimal | int | str) -> Decimal:
+        """The cost of sending the valid messages at `price_per_segment` per segment.
+
+        Decimal, not float, because it is money: 3 segments at 0.0075 is 0.0225, exactly.
+        """
+        return Decimal(price_per_segment) * self.segments
+
+    def to_dict(self, price_per_segment: Decimal | None = None) -> dict[str, object]:
+        """The summary as JSON-ready fields (what `--summary-json` writes)."""
+        record: dict[str, object] = {
+            "lines": self.lines,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "invalid_by_code": dict(sorted(self.invalid_by_code.items())),
+            "segments": self.segments,
+            "encoding": {Encoding.GSM7.value: self.gsm7, Encoding.UCS2.value: self.ucs2},
+            "duplicate_recipients": self.duplicate_recipients,
+            "duplicate_messages": self.duplicate_messages,
+            "duplicate_examples": list(self.duplicate_examples),
+            "sender_checked": self.sender_checked,
+        }
+        if price_per_segment is not None:
+            # A string keeps every digit; a JSON float would round 0.1 + 0.2 the float way.
+            record["price_per_segment"] = str(price_per_segment)
+            record["estimated_cost"] = str(self.estimated_cost(price_per_segment))
+        return record
+
+
+async def check_inputs(
+    inputs: Sequence[str],
+    *,
+    api_version: ApiVersion,
+    default_sender: str | None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    out: BinaryIO,
+) -> CheckSummary:
+    """Validate every line of `inputs`, write one NDJSON record per non-blank line to `out`.
+
+    Raises InputError when an input can't be opened or read (records for earlier lines are
+    already written by then).
+    """
+    sender_checked = default_sender is not None or api_version != "v1"
+    if default_sender is None and api_version == "v1":
+        default_sender = V1_PLACEHOLDER_SENDER
+    validator = Validator(api_version=api_version, default_sender=default_sender)
+
+    valid = segments = gsm7 = 0
+    invalid_by_code: dict[str, int] = {}
+    seen: set[str] = set()
+    extra: dict[str, int] = {}  # number -> messages beyond its first
+    too_long = f"the line is longer than {max_line_bytes} bytes"
+    dumps = orjson.dumps
+
+    async for block in read_inputs(inputs, max_line_bytes=max_line_bytes):
+        records: list[bytes] = []
+        source = block.source
+        for number, raw in enumerate(block.lines, block.first_line):
+            if raw is None:
+                code, error, ref_json = "line_too_long", too_long, b""
+            elif not raw or raw.isspace():
+                continue
+            else:
+                result = validator.validate(source, number, raw)
+                if isinstance(result, Message):
+                    valid += 1
+                    segments += result.segments
+                    if result.encoding is Encoding.GSM7:
+                        gsm7 += 1
+                    to = result.to
+                    if to in seen:
+                        extra[to] = extra.get(to, 0) + 1
+                    else:
+                        seen.add(to)
+                    record: dict[str, object] = {
+                        "line": number,
+                        "source": source,
+                        "status": "valid",
+                        "to_msisdn": to,
+                        "segments": result.segments,
+                        "encoding": result.encoding.value,
+                    }
+                    if result.ref_json:
+                        record["ref"] = orjson.Fragment(result.ref_json)
+                    records.append(dumps(record))
+                    continue
+                code, error, ref_json = (
+                    result.code or "invalid",
+                    result.error or "",
+                    result.ref_json,
+                )
+            invalid_by_code[code] = invalid_by_code.get(code, 0) + 1
+            record = {
+                "line": number,
+                "source": source,
+                "status": "invalid",
+                "code": code,
+                "error": error,
+            }
+            if ref_json:
+                record["ref"] = orjson.Fragment(ref_json)
+            records.append(dumps(record))
+        if records:
+            # One write per block: a write per line would cost more than validating the line.
+            records.append(b"")
+            out.write(b"\n".join(records))
+
+    examples = sorted(extra.items(), key=lambda item: (-item[1], item[0]))[:_EXAMPLE_DUPLICATES]
+    return CheckSummary(
+        valid=valid,
+        invalid_by_code=invalid_by_code,
+        segments=segments,
+        gsm7=gsm7,
+        ucs2=valid - gsm7,
+        duplicate_recipients=len(extra),
+        duplicate_messages=sum(extra.values()),
+        duplicate_examples=tuple(number for number, _ in examples),
+        sender_checked=sender_checked,
+        inputs=tuple(inputs),
+    )
+
+
+def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | None = None) -> str:
+    """The human summary `streamsend check` prints on stderr (no trailing newline)."""
+    lines = [
+        f"checked {summary.lines:,} lines: {summary.valid:,} valid, {summary.invalid:,} invalid"
+    ]
+    if summary.invalid_by_code:
+        by_code = sorted(summary.invalid_by_code.items(), key=lambda item: (-item[1], item[0]))
+        lines.append("  invalid: " + " · ".join(f"{code} {n:,}" for code, n in by_code))
+    lines.append(
+        f"  segments: {summary.segments:,} "
+        f"(gsm7 {_count(summary.gsm7, 'message')}, ucs2 {_count(summary.ucs2, 'message')})"
+    )
+    if summary.duplicate_recipients:
+        lines.append(
+            f"  duplicate recipients: {_count(summary.duplicate_recipients, 'number')} would get "
+            f"{_count(summary.duplicate_messages, 'extra message')} (e.g. "
+            + ", ".join(summary.duplicate_examples)
+            + ")"
+        )
+    if price_per_segment is not None:
+        cost = summary.estimated_cost(price_per_segment)
+        lines.append(
+            f"  estimated cost: {summary.segments:,} segments at {price_per_segment} = {cost}"
+        )
+    if not summary.sender_checked:
+        lines.append("  note: no --from given, so the sending number was not checked")
+    return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+_DESCRIPTION = """\
+Validate a campaign without sending anything. Each non-blank line is checked exactly as
+`streamsend send` would check it; one JSON record per line goes to --output:
+  {"line", "source", "status": "valid"|"invalid", "code" and "error" (invalid),
+   "to_msisdn" (normalised, valid), "segments", "encoding": "gsm7"|"ucs2" (valid), "ref"}
+A summary goes to stderr: invalid lines by code, total segments, GSM-7 vs UCS-2 messages,
+recipients who would get more than one message, and the cost with --price-per-segment.
+
+Sending number: with --from, it is checked as send would check it. Without it, v1 lines are
+checked for everything but the sender (any from_phone_number_id is well-formed, and only the
+service knows whether one exists); v2 lines must then carry their own list_number, and a
+missing or malformed one is reported (missing_from, invalid_list_number), because v2 needs it
+on every message.
+
+Exit status: 0 every line is valid, 1 some lines are invalid, 2 bad usage or unreadable input.
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _price(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamsend check",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        default=["-"],
+        metavar="INPUT",
+        help="NDJSON files to check; '-' or none reads stdin",
+    )
+    parser.add_argument(
+        "--api-version",
+        choices=get_args(ApiVersion),
+        default="v1",
+        help="the API the campaign is meant for (default: v1)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="sender",
+        metavar="SENDER",
+        help="default sender: v1 from_phone_number_id, v2 list_number (E.164)",
+    )
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_LINE_BYTES,
+        metavar="N",
+        help=f"longer lines are invalid (line_too_long); default {DEFAULT_MAX_LINE_BYTES}",
+    )
+    parser.add_argument(
+        "--price-per-segment",
+        type=_price,
+        metavar="PRICE",
+        help="price of one SMS segment, to estimate the campaign's cost (e.g. 0.0075)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        default="-",
+        help="where the per-line records go (default: stdout)",
+    )
+    parser.add_argument(
+        "--summary-json",
+        metavar="PATH",
+        help="also write the summary as one JSON object to PATH",
+    )
+    return parser
+
+
+def check_main(argv: list[str]) -> int:
+    """`streamsend check` (argv without the program and subcommand names); returns the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        summary = _run_check(args)
+    except StreamsendError as exc:
+        print(f"streamsend check: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush of
+        # stdout from raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return 0 if summary.invalid == 0 else 1
+
+
+def _run_check(args: argparse.Namespace) -> CheckSummary:
+    if args.sender is not None:
+        problem = sender_problem(args.api_version, args.sender)
+        if problem is not None:
+            raise ConfigError(f"--from: {problem}")
+    # Find unreadable inputs and unwritable outputs before writing anything, so a typo in the
+    # last of ten file names doesn't leave nine files' records behind next to an error.
+    for path in args.inputs:
+        if path == "-":
+            continue
+        if not os.path.exists(path):
+            raise InputError(f"can't open input {path!r}: no such file")
+        if os.path.isdir(path) or not os.access(path, os.R_OK):
+            raise InputError(f"can't open input {path!r}: not a readable file")
+    with ExitStack() as stack:
+        out = (
+            sys.stdout.buffer
+            if args.output == "-"
+            else _open_output(stack, args.output, "--output")
+        )
+        summary_file = (
+            None
+            if args.summary_json is None
+            else _open_output(stack, args.summary_json, "--summary-json")
+        )
+        summary = asyncio.run(
+            check_inputs(
+                args.inputs,
+                api_version=args.api_version,
+                default_sender=args.sender,
+                max_line_bytes=args.max_line_bytes,
+                out=out,
+            )
+        )
+        out.flush()
+        print(format_check_summary(summary, args.price_per_segment), file=sys.stderr)
+        if summary_file is not None:
+            summary_file.write(orjson.dumps(summary.to_dict(args.price_per_segment)) + b"\n")
+    return summary
+
+
+def _open_output(stack: ExitStack, path: str, option: str) -> BinaryIO:
+    try:
+        return stack.enter_context(open(path, "wb"))
+    except OSError as exc:
+        raise ConfigError(f"can't write {option} {path!r}: {exc.strerror}") from exc
+
+
+__all__ = [
+    "V1_PLACEHOLDER_SENDER",
+    "CheckSummary",
+    "check_inputs",
+    "check_main",
+    "format_check_summary",
+]
