@@ -16,6 +16,7 @@ not accept it. Resending after an answer that merely failed to arrive can text a
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -67,6 +68,10 @@ def retry_after_seconds(value: str | None) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None  # an HTTP-date: not used by this service; fall back to our own backoff
+    if not math.isfinite(seconds):
+        # float() also reads "inf", "nan" and "1e400"; an infinite pause would stop the sending
+        # number for good, and NaN compares false with everything. Neither is delay-seconds.
+        return None
     return max(seconds, 0.0)
 
 
