@@ -57,7 +57,12 @@ class Backoff:
     cap: float = 30.0
 
     def delay(self, retry_number: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.cap, self.base * (2**retry_number)))
+        try:
+            # ldexp is base·2ⁿ exactly; unlike base * 2**n it stays 0 for a zero base at any n.
+            ceiling = min(self.cap, math.ldexp(self.base, retry_number))
+        except OverflowError:  # base·2ⁿ past float range: long since at the cap
+            ceiling = self.cap
+        return rng.uniform(0.0, ceiling)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
