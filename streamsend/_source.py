@@ -127,7 +127,12 @@ async def read_inputs(
 async def split_lines(
     source: str, reader: _ChunkReader, max_line_bytes: int, chunk_size: int = CHUNK_SIZE
 ) -> AsyncIterator[LineBlock]:
-    """Split a chunked byte stream into numbered lines (see the module's promises)."""
+    """Split a chunked byte stream into numbered lines (see the module's promises).
+
+    A line's length is that of its content: neither its line ending (LF or CRLF) nor the BOM at
+    the start of the input counts, so the verdict doesn't depend on where the chunks happen to
+    split a CRLF or the BOM.
+    """
     next_line = 1
     tail = b""  # the start of a line whose end hasn't arrived yet (never over the limit)
     skipping = False  # inside a line already known to be too long: drop bytes until its end
@@ -139,14 +144,15 @@ async def split_lines(
         if not parts:  # no line ended in this chunk
             if not skipping:
                 tail += rest
-                if len(tail) > max_line_bytes:
+                if _content_length(tail, first_line=next_line == 1) > max_line_bytes:
                     skipping, tail = True, b""
             continue
         ended_long_line = skipping
         parts[0] = b"" if skipping else tail + parts[0]
-        skipping, tail = len(rest) > max_line_bytes, rest
-        if skipping:
-            tail = b""
+        if next_line == 1 and not ended_long_line:
+            parts[0] = parts[0].removeprefix(_BOM)
+        skipping = _content_length(rest, first_line=False) > max_line_bytes
+        tail = b"" if skipping else rest
         if b"\r" in chunk or parts[0].endswith(b"\r"):
             parts = [part[:-1] if part.endswith(b"\r") else part for part in parts]
         lines: list[bytes | None] = list(parts)
@@ -154,15 +160,33 @@ async def split_lines(
             lines = [None if len(part) > max_line_bytes else part for part in parts]
         if ended_long_line:
             lines[0] = None
-        elif next_line == 1:
-            lines[0] = parts[0].removeprefix(_BOM)
         yield LineBlock(source, next_line, lines, pending_bytes)
         next_line += len(lines)
         pending_bytes = 0
     if skipping:
         yield LineBlock(source, next_line, [None], pending_bytes)
-    elif tail:
+        return
+    if next_line == 1:
+        tail = tail.removeprefix(_BOM)  # an input that is only a BOM has no lines
+    if tail:
         last = tail.removesuffix(b"\r")
         yield LineBlock(
-            source, next_line, [last.removeprefix(_BOM) if next_line == 1 else last], pending_bytes
+            source, next_line, [None if len(last) > max_line_bytes else last], pending_bytes
         )
+
+
+def _content_length(partial: bytes, *, first_line: bool) -> int:
+    """How much of an unfinished line surely counts toward the limit.
+
+    Not the BOM (or the start of one) at the start of the input, and not a final CR, which may
+    turn out to be half of a CRLF; once the line ends, its exact length is checked.
+    """
+    size = len(partial)
+    if first_line:
+        if partial.startswith(_BOM):
+            size -= len(_BOM)
+        elif _BOM.startswith(partial):
+            return 0
+    if partial.endswith(b"\r"):
+        size -= 1
+    return max(size, 0)
