@@ -100,7 +100,7 @@ class StatsCollector:
         )
         yield CounterMetricFamily(
             "streamsend_lines_read",
-            "Input lines read, blank ones included.",
+            "Non-blank input lines read (blank and whitespace-only lines are skipped).",
             value=snapshot.lines_read,
         )
 
