@@ -68,7 +68,9 @@ class Batcher:
         self.max_messages = max_messages
         self.max_body_bytes = max_body_bytes
         self.linger = linger
-        self.max_buffered = max(max_buffered, max_messages)
+        # Not raised to a whole batch: the cap is a memory promise; below the batch size it
+        # simply makes batches smaller.
+        self.max_buffered = max_buffered
         self._cap_for_sender = cap_for_sender
         # Insertion order is recency of filling: the first entry is the least recently filled.
         self._open: dict[str, _OpenBatch] = {}
