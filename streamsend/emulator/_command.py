@@ -1,0 +1,367 @@
+"""`streamsend emulator`: run the Trackly emulator as a server process.
+
+Settings come from three places, later ones winning: the defaults, a TOML file (`--config`,
+the same keys as `EmulatorConfig`, faults in a `[faults]` table, per-list rates in a
+`[list_rates_per_min]` table), then the flags. The API key may also come from the
+`TRACKLY_API_KEY` environment variable when neither flags nor file give one; keys are never
+printed.
+
+What other programs rely on: once the server accepts connections it prints exactly one line
+to stderr, `streamsend emulator listening on http://HOST:PORT/api` (with `--port 0`, the port
+it got); SIGTERM and SIGINT stop it cleanly with exit status 0; a bad flag or config prints one
+`streamsend emulator: error: ...` line and exits 2; failing to listen exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import NoReturn
+
+from streamsend.emulator._app import run_emulator
+from streamsend.emulator._config import (
+    EmulatorConfig,
+    EmulatorConfigError,
+    FaultConfig,
+    check_config,
+    parse_duration_s,
+    parse_rate_per_min,
+)
+
+PROG = "streamsend emulator"
+API_KEY_ENV = "TRACKLY_API_KEY"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit 2), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _flag_type(parse: Callable[[str], float]) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            return parse(text)
+        except EmulatorConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__  # argparse names the type in its messages
+    return convert
+
+
+def _list_rate(text: str) -> tuple[str, float]:
+    name, sep, rate = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LIST=RATE, e.g. pn_abc=600/min")
+    try:
+        return name, parse_rate_per_min(rate)
+    except EmulatorConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser (its --help is the command's documentation)."""
+    parser = _OneLineParser(
+        prog=PROG,
+        description=(
+            "Serve a local, faithful Trackly SMS API under /api: v1 bulk and single sends, v2 "
+            "bulk, with per-message validation, the per-list send-rate model (stale messages "
+            "dropped), an optional ledger of every accepted message, seeded fault injection and "
+            "GET /_emulator/stats. Prints one line to stderr once it listens; SIGTERM or Ctrl-C "
+            "stops it."
+        ),
+        epilog=(
+            'example: streamsend emulator --port 8080 --api-key "$TRACKLY_API_KEY" '
+            "--list pn_abc123def456 --v2-list +18005551000 --ledger ledger.ndjson "
+            "--error-5xx 0.02 --seed 7"
+        ),
+    )
+    serve = parser.add_argument_group("serving")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default 0)")
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help=f"an accepted X-Api-Key (repeatable; default: ${API_KEY_ENV})",
+    )
+    serve.add_argument(
+        "--list",
+        action="append",
+        dest="v1_lists",
+        metavar="ID",
+        help="a v1 sending-list id (from_phone_number_id) that exists, e.g. pn_abc123def456 "
+        "(repeatable)",
+    )
+    serve.add_argument(
+        "--v2-list",
+        action="append",
+        dest="v2_lists",
+        metavar="NUMBER",
+        help="a v2 list number (E.164) that exists, e.g. +18005551000 (repeatable)",
+    )
+    serve.add_argument("--ledger", type=Path, metavar="PATH", help="append accepted messages here")
+    serve.add_argument("--config", type=Path, metavar="PATH", help="a TOML file of settings")
+    serve.add_argument(
+        "--no-validate",
+        action="store_false",
+        dest="validate",
+        default=None,
+        help="accept every message as given (per-message validation is on by default)",
+    )
+
+    model = parser.add_argument_group("send-rate model")
+    model.add_argument(
+        "--send-rate",
+        type=_flag_type(parse_rate_per_min),
+        metavar="RATE",
+        help="each list's send rate, e.g. 17000/min (the default) or 300/s",
+    )
+    model.add_argument(
+        "--list-rate",
+        type=_list_rate,
+        action="append",
+        metavar="LIST=RATE",
+        help="a send rate for one list, e.g. pn_abc123def456=600/min (repeatable)",
+    )
+    model.add_argument(
+        "--stale-after",
+        type=_flag_type(parse_duration_s),
+        metavar="TIME",
+        help="drop messages that would wait longer than this, e.g. 30m (default), 2s or 90",
+    )
+
+    faults = parser.add_argument_group(
+        "fault injection",
+        "Fractions of requests, drawn from one seeded generator in arrival order.",
+    )
+    faults.add_argument("--seed", type=int, help="fault generator seed (default 0)")
+    fault_flags = {
+        "--error-5xx": "answered 500/502/503/504, nothing queued",
+        "--rate-429": "answered 429 with Retry-After, nothing queued",
+        "--drop-before": "connection closed before anything is queued",
+        "--drop-after": "messages queued, then the connection closed without an answer",
+        "--hang": "messages queued, never answered",
+        "--truncated-body": "messages queued, 201 sent with its body cut off",
+    }
+    for flag, meaning in fault_flags.items():
+        faults.add_argument(flag, type=float, metavar="F", help=f"fraction {meaning}")
+    faults.add_argument(
+        "--retry-after", type=float, metavar="S", help="the Retry-After of 429s, seconds (1)"
+    )
+    faults.add_argument("--latency-ms", type=float, metavar="MS", help="added latency, mean")
+    faults.add_argument(
+        "--latency-spread-ms", type=float, metavar="MS", help="latency spread, +/- uniform"
+    )
+    faults.add_argument(
+        "--fault-list",
+        action="append",
+        dest="fault_lists",
+        metavar="LIST",
+        help="only fault requests for this sending list (repeatable; default: all)",
+    )
+    return parser
+
+
+# -- the TOML file ------------------------------------------------------------------------------
+
+_Converter = Callable[[str, object], object]
+
+
+def _string(key: str, value: object) -> object:
+    if not isinstance(value, str):
+        raise EmulatorConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _strings(key: str, value: object) -> object:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise EmulatorConfigError(f"{key}: expected a list of strings")
+    return tuple(value)
+
+
+def _number(key: str, value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EmulatorConfigError(f"{key}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _integer(key: str, value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EmulatorConfigError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _boolean(key: str, value: object) -> object:
+    if not isinstance(value, bool):
+        raise EmulatorConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _rate(key: str, value: object) -> object:
+    return parse_rate_per_min(value) if isinstance(value, str) else _number(key, value)
+
+
+def _duration(key: str, value: object) -> object:
+    return parse_duration_s(value) if isinstance(value, str) else _number(key, value)
+
+
+def _path(key: str, value: object) -> object:
+    return Path(str(_string(key, value)))
+
+
+def _rates(key: str, value: object) -> object:
+    if not isinstance(value, dict):
+        raise EmulatorConfigError(f"{key}: expected a table of list = rate")
+    return {str(name): _rate(f"{key}.{name}", rate) for name, rate in value.items()}
+
+
+_TOP_KEYS: dict[str, _Converter] = {
+    "host": _string,
+    "port": _integer,
+    "api_keys": _strings,
+    "v1_lists": _strings,
+    "v2_lists": _strings,
+    "send_rate_per_min": _rate,
+    "list_rates_per_min": _rates,
+    "stale_after_s": _duration,
+    "ledger_path": _path,
+    "validate": _boolean,
+}
+_FAULT_KEYS: dict[str, _Converter] = {
+    field.name: _number for field in fields(FaultConfig) if field.name not in ("seed", "lists")
+}
+_FAULT_KEYS |= {"seed": _integer, "lists": _strings}
+
+
+def _table(key: str, value: object) -> Mapping[str, object]:
+    if not isinstance(value, dict):
+        raise EmulatorConfigError(f"{key}: expected a table")
+    return value
+
+
+def _convert_table(
+    table: Mapping[str, object], known: Mapping[str, _Converter], prefix: str
+) -> dict[str, object]:
+    converted: dict[str, object] = {}
+    for key, value in table.items():
+        converter = known.get(key)
+        if converter is None:
+            raise EmulatorConfigError(
+                f"unknown key {prefix + key!r} (known: {', '.join(sorted(known))})"
+            )
+        converted[key] = converter(prefix + key, value)
+    return converted
+
+
+def load_config_file(path: Path, base: EmulatorConfig) -> EmulatorConfig:
+    """`base` with the settings of a TOML file applied; errors name the file and the key."""
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise EmulatorConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EmulatorConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        fault_table = document.pop("faults", {})
+        settings = _convert_table(document, _TOP_KEYS, "")
+        fault_settings = _convert_table(_table("faults", fault_table), _FAULT_KEYS, "faults.")
+    except EmulatorConfigError as exc:
+        raise EmulatorConfigError(f"{path}: {exc}") from None
+    faults = replace(base.faults, **fault_settings)  # type: ignore[arg-type]
+    return replace(base, **settings, faults=faults)  # type: ignore[arg-type]
+
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> EmulatorConfig:
+    """The emulator config the parsed flags (and their config file and environment) describe."""
+    config = EmulatorConfig()
+    if args.config is not None:
+        config = load_config_file(args.config, config)
+    top: dict[str, object] = {}
+    for name in ("host", "port", "api_keys", "v1_lists", "v2_lists", "validate"):
+        value = getattr(args, name)
+        if value is not None:
+            top[name] = tuple(value) if isinstance(value, list) else value
+    if args.ledger is not None:
+        top["ledger_path"] = args.ledger
+    if args.send_rate is not None:
+        top["send_rate_per_min"] = args.send_rate
+    if args.stale_after is not None:
+        top["stale_after_s"] = args.stale_after
+    if args.list_rate:
+        top["list_rates_per_min"] = {**config.list_rates_per_min, **dict(args.list_rate)}
+    fault_settings: dict[str, object] = {}
+    for name in ("seed", "error_5xx", "rate_429", "drop_before", "drop_after", "hang"):
+        if (value := getattr(args, name)) is not None:
+            fault_settings[name] = value
+    for name, attribute in (
+        ("truncated_body", "truncated_body"),
+        ("retry_after_s", "retry_after"),
+        ("latency_ms", "latency_ms"),
+        ("latency_spread_ms", "latency_spread_ms"),
+    ):
+        if (value := getattr(args, attribute)) is not None:
+            fault_settings[name] = value
+    if args.fault_lists:
+        fault_settings["lists"] = tuple(args.fault_lists)
+    faults = replace(config.faults, **fault_settings)  # type: ignore[arg-type]
+    config = replace(config, **top, faults=faults)  # type: ignore[arg-type]
+    if not config.api_keys and environ.get(API_KEY_ENV):
+        config = replace(config, api_keys=(environ[API_KEY_ENV],))
+    return config
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+async def _serve_until_signalled(config: EmulatorConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with run_emulator(config) as emulator:
+            print(f"{PROG} listening on {emulator.base_url}", file=sys.stderr, flush=True)
+            await stop.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+def emulator_main(argv: list[str]) -> int:
+    """Run `streamsend emulator` with these arguments; return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        config = config_from_args(args, os.environ)
+        check_config(config)
+    except EmulatorConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve_until_signalled(config))
+    except EmulatorConfigError as exc:  # found only when starting, e.g. an unopenable ledger
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"{PROG}: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        return 0
+    return 0
