@@ -122,9 +122,12 @@ class Batcher:
         return Batch(sender, tuple(open_batch.messages), open_batch.size)
 
     def _cap(self, sender: str) -> int:
+        # Never above max_buffered: a batch that reached the cap must close at the cap, not one
+        # message later, when the global cap flushes it.
+        most = max(1, min(self.max_messages, self.max_buffered))
         if self._cap_for_sender is None:
-            return self.max_messages
-        return max(1, min(self.max_messages, self._cap_for_sender(sender)))
+            return most
+        return max(1, min(most, self._cap_for_sender(sender)))
 
     def _envelope_size(self, sender: str) -> int:
         size = self._envelope_sizes.get(sender)
