@@ -16,7 +16,7 @@ which keeps it easy to test and free of locks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -79,26 +79,55 @@ class Batcher:
 
     def add(self, message: Message, now: float) -> list[Batch]:
         """Add one message; return the batches that are ready because of it (often none)."""
+        return self.add_many((message,), now)
+
+    def add_many(self, messages: Sequence[Message], now: float) -> list[Batch]:
+        """Add messages in order; return the batches that became ready, in the order they did.
+
+        The loop is the batcher's hot path (once per message), so the batch being filled is
+        kept in locals and only put back in `_open` (as the most recently filled) when the
+        sender changes or the loop ends.
+        """
         ready: list[Batch] = []
-        sender = message.sender
-        open_batch = self._open.pop(sender, None)
-        wire_size = len(message.wire)
-        if open_batch is not None and (open_batch.size + 1 + wire_size >= self.max_body_bytes):
-            ready.append(self._close(sender, open_batch))
-            open_batch = None
-        if open_batch is None:
-            open_batch = _OpenBatch(now, self._cap(sender), self._envelope_size(sender) - 1)
-        open_batch.messages.append(message)
-        open_batch.size += 1 + wire_size  # the comma before it (the first one's is pre-subtracted)
-        self.buffered += 1
-        if len(open_batch.messages) >= open_batch.cap:
-            ready.append(self._close(sender, open_batch))
-        else:
-            self._open[sender] = open_batch  # re-inserted last: the most recently filled
-        while self.buffered > self.max_buffered:
-            oldest = next(iter(self._open))
-            ready.append(self._close(oldest, self._open.pop(oldest)))
+        open_batches = self._open
+        max_bytes = self.max_body_bytes
+        sender = ""  # no sender is empty (validation refuses it), so the first message switches
+        batch: _OpenBatch | None = None
+        for message in messages:
+            if message.sender != sender:
+                if batch is not None:
+                    open_batches[sender] = batch
+                sender = message.sender
+                batch = open_batches.pop(sender, None)
+            wire_size = len(message.wire) + 1  # with the comma before it
+            if batch is None:
+                batch = self._new_batch(sender, now)
+            elif batch.size + wire_size >= max_bytes:
+                ready.append(self._close(sender, batch))
+                batch = self._new_batch(sender, now)
+            batch.messages.append(message)
+            batch.size += wire_size
+            self.buffered += 1
+            if len(batch.messages) >= batch.cap:
+                ready.append(self._close(sender, batch))
+                batch = None
+            elif self.buffered > self.max_buffered:
+                # Too much waits in open batches: send the least recently filled one early.
+                # (The batch being filled is the most recent, so it is never the one chosen
+                # while another is open.)
+                if open_batches:
+                    oldest = next(iter(open_batches))
+                    ready.append(self._close(oldest, open_batches.pop(oldest)))
+                else:
+                    ready.append(self._close(sender, batch))
+                    batch = None
+        if batch is not None:
+            open_batches[sender] = batch
         return ready
+
+    def _new_batch(self, sender: str, now: float) -> _OpenBatch:
+        # The first message adds no comma, so the size starts one below the envelope's.
+        return _OpenBatch(now, self._cap(sender), self._envelope_size(sender) - 1)
 
     def next_deadline(self) -> float | None:
         """When the oldest open batch's linger runs out (None when nothing is open)."""

@@ -228,6 +228,11 @@ def _send(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
     inputs = args.inputs or ["-"]
+    duplicated = sorted({path for path in inputs if inputs.count(path) > 1})
+    if duplicated:
+        # Outcomes and --resume identify a line by (input, line number): a repeated input would
+        # make two lines one.
+        raise ConfigError(f"input named more than once: {', '.join(duplicated)}")
     if settings.sender is not None:
         problem = sender_problem(settings.api_version, settings.sender)
         if problem:

@@ -38,6 +38,14 @@ class Decision(IntEnum):
 
 def line_ranges(messages: Sequence[Message]) -> dict[str, list[list[int]]]:
     """Compress a batch's line numbers into [first, last] runs per source."""
+    if not messages:
+        return {}
+    first, last = messages[0], messages[-1]
+    # The usual batch: consecutive lines of one input. Lines of a source only increase within a
+    # batch and inputs are read one after another (the CLI refuses an input named twice), so
+    # equal sources at both ends and a span of exactly len(messages) prove it without a loop.
+    if first.source == last.source and last.line - first.line == len(messages) - 1:
+        return {first.source: [[first.line, last.line]]}
     ranges: dict[str, list[list[int]]] = {}
     for m in messages:
         runs = ranges.get(m.source)

@@ -10,6 +10,7 @@ three times the cost of a tuple). They are immutable and typed all the same.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -105,3 +106,56 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """The outcomes of one request's messages, without building an Outcome per message.
+
+    Every message gets `status` (with `code` and `error`), except the indexes in `rejections`,
+    which the service refused one by one. Sinks that write bytes encode straight from the
+    messages (see `_outcomes`); `outcomes()` expands the records for everything else.
+    """
+
+    messages: Sequence[Message]
+    status: Status
+    request: int
+    attempts: int
+    sender: str
+    code: str | None = None
+    error: str | None = None
+    rejections: dict[int, tuple[str, str]] | None = None  # index -> (code, error text)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def count_by_status(self) -> dict[Status, int]:
+        rejected = len(self.rejections) if self.rejections else 0
+        counts = {self.status: len(self.messages) - rejected}
+        if rejected:
+            counts[Status.REJECTED] = rejected
+        return counts
+
+    def outcome_at(self, index: int) -> Outcome:
+        m = self.messages[index]
+        status, code, error = self.status, self.code, self.error
+        if self.rejections and index in self.rejections:
+            status = Status.REJECTED
+            code, error = self.rejections[index]
+        return Outcome(
+            m.source,
+            m.line,
+            status,
+            code,
+            error,
+            m.to,
+            m.ref_json,
+            self.attempts,
+            self.request,
+            self.sender,
+            m.segments,
+            m.encoding,
+        )
+
+    def outcomes(self) -> list[Outcome]:
+        return [self.outcome_at(i) for i in range(len(self.messages))]

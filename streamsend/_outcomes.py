@@ -20,13 +20,17 @@ from typing import BinaryIO, Protocol
 
 import orjson
 
-from streamsend._models import Outcome
+from streamsend._models import BatchOutcome, Encoding, Outcome
+
+_ENCODING_BYTES = {Encoding.GSM7: b"gsm7", Encoding.UCS2: b"ucs2"}
 
 
 class OutcomeSink(Protocol):
-    """Where outcomes go. `write` must not block for long; `flush` may."""
+    """Where outcomes go. `write`/`write_batch` must not block for long; `flush` may."""
 
     def write(self, outcomes: Sequence[Outcome]) -> None: ...
+
+    def write_batch(self, result: BatchOutcome) -> None: ...
 
     async def flush(self) -> None: ...
 
@@ -75,6 +79,55 @@ class OutcomeEncoder:
             append(line + b"}\n")
         return b"".join(parts)
 
+    def encode_batch(self, result: BatchOutcome) -> bytes:
+        """Encode a request's outcomes: one `%` format per message from a per-request template.
+
+        Everything the messages of one request share (source, status, code, attempts, request,
+        sender) is baked into the template once; only line, recipient, ref and segments vary.
+        """
+        rejections = result.rejections or {}
+        lines: list[bytes] = []
+        append = lines.append
+        template = b""
+        template_source = None
+        encoding_bytes = _ENCODING_BYTES
+        for index, m in enumerate(result.messages):
+            if index in rejections:
+                append(self.encode([result.outcome_at(index)]))
+                continue
+            if m.source is not template_source:
+                template_source = m.source
+                template = self._batch_template(result, m.source)
+            append(
+                template
+                % (
+                    m.line,
+                    m.to.encode(),
+                    b',"ref":' + m.ref_json if m.ref_json else b"",
+                    m.segments,
+                    encoding_bytes[m.encoding],
+                )
+            )
+        return b"".join(lines)
+
+    def _batch_template(self, result: BatchOutcome, source: str) -> bytes:
+        def literal(data: bytes) -> bytes:
+            return data.replace(b"%", b"%%")
+
+        status = b',"status":"' + result.status.value.encode() + b'"'
+        if result.code is not None:
+            status += b',"code":' + self._cached(result.code)
+        if result.error is not None:
+            status += b',"error":' + orjson.dumps(result.error)
+        shared = b',"attempts":%d,"request":%d,"sender":' % (result.attempts, result.request)
+        return (
+            b'{"line":%d,"source":'
+            + literal(self._cached(source) + status)
+            + b',"to_msisdn":"%b"%b'
+            + literal(shared + self._cached(result.sender))
+            + b',"segments":%d,"encoding":"%b"}\n'
+        )
+
 
 class FileSink:
     """Appends outcome lines to a file (or stdout). `fsync` makes every flush durable on disk."""
@@ -95,6 +148,11 @@ class FileSink:
     def write(self, outcomes: Sequence[Outcome]) -> None:
         if outcomes:
             self._file.write(self._encoder.encode(outcomes))
+            self._dirty = True
+
+    def write_batch(self, result: BatchOutcome) -> None:
+        if result.messages:
+            self._file.write(self._encoder.encode_batch(result))
             self._dirty = True
 
     async def flush(self) -> None:
@@ -124,6 +182,9 @@ class MemorySink:
     def write(self, outcomes: Sequence[Outcome]) -> None:
         self.outcomes.extend(outcomes)
         self._changed.set()
+
+    def write_batch(self, result: BatchOutcome) -> None:
+        self.write(result.outcomes())
 
     async def flush(self) -> None:
         return None

@@ -196,53 +196,59 @@ class Pipeline:
                 return
 
     async def _take_block(self, block: LineBlock) -> None:
-        stats = self.stats
-        stats.input_bytes_read += block.nbytes
+        """Validate one block of lines, batch the messages, write the other outcomes.
+
+        This loop runs once per input line, so it keeps to locals and defers everything that
+        can be done per block (counting, batching, writing) until after it.
+        """
         validate = self._validator.validate
-        batcher = self._batcher
         resume = self._resume
         source = block.source
         line_no = block.first_line - 1
+        messages: list[Message] = []
+        keep = messages.append
         others: list[Outcome] = []  # invalid lines, and lines a crashed run left in flight
-        now = time.monotonic()
         for raw in block.lines:
             line_no += 1
-            if raw is not None and not raw:
-                continue  # a blank line: no message, no outcome
+            if not raw:
+                if raw is None and (
+                    resume is None or resume.decide(source, line_no) is Decision.SEND
+                ):
+                    others.append(self._line_too_long(source, line_no))
+                continue  # b"": a blank line, no message and no outcome
             if resume is not None:
                 decision = resume.decide(source, line_no)
-                if decision is Decision.SKIP or decision is Decision.WAS_UNKNOWN:
-                    continue
-            else:
-                decision = Decision.SEND
-            stats.lines_read += 1
-            if raw is None:
-                others.append(
-                    Outcome(
-                        source,
-                        line_no,
-                        Status.INVALID,
-                        "line_too_long",
-                        f"the line is longer than max_line_bytes ({self.settings.max_line_bytes})",
-                    )
-                )
-                continue
+                if decision is not Decision.SEND:
+                    if decision is Decision.MARK_UNKNOWN:
+                        result = validate(source, line_no, raw)
+                        if isinstance(result, Message):
+                            result = _in_flight_at_crash(result)
+                        others.append(result)
+                    continue  # SKIP, WAS_UNKNOWN: an earlier run's outcome stands
             result = validate(source, line_no, raw)
-            if isinstance(result, Message):
-                if decision is Decision.MARK_UNKNOWN:
-                    others.append(_in_flight_at_crash(result))
-                    continue
-                for batch in batcher.add(result, now):
-                    await self.sender.submit(batch)
-            elif raw.isspace():
-                stats.lines_read -= 1  # whitespace only: a blank line after all
-            else:
-                others.append(result)
+            if type(result) is Message:
+                keep(result)
+            elif not raw.isspace():  # a whitespace-only line is a blank line after all
+                others.append(result)  # type: ignore[arg-type]
+        stats = self.stats
+        stats.input_bytes_read += block.nbytes
+        stats.lines_read += len(messages) + len(others)
         if others:
             self._sink.write(others)
             for outcome in others:
                 stats.count_outcome(outcome.status.value, outcome.sender)
             await self._sink.flush()
+        for batch in self._batcher.add_many(messages, time.monotonic()):
+            await self.sender.submit(batch)
+
+    def _line_too_long(self, source: str, line: int) -> Outcome:
+        return Outcome(
+            source,
+            line,
+            Status.INVALID,
+            "line_too_long",
+            f"the line is longer than max_line_bytes ({self.settings.max_line_bytes})",
+        )
 
     async def _flush_lingering(self) -> None:
         # Polling at a fraction of the linger keeps the lateness of a batch small (a line is on

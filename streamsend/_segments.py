@@ -40,7 +40,8 @@ def count_segments(body: str) -> tuple[int, Encoding]:
 
 
 _ASCII_EXTENSION_BYTES = _ASCII_EXTENSION.encode("ascii")
-_ASCII_SPECIAL = _ASCII_NOT_GSM7 + _ASCII_EXTENSION_BYTES
+#: ASCII characters that need more than a length to count: non-GSM-7 ones and extension ones.
+ASCII_SEGMENT_SPECIAL = _ASCII_NOT_GSM7 + _ASCII_EXTENSION_BYTES
 
 
 def count_segments_ascii(raw: bytes) -> tuple[int, Encoding] | None:
@@ -50,7 +51,7 @@ def count_segments_ascii(raw: bytes) -> tuple[int, Encoding] | None:
     `translate` settles the common body (no extension or non-GSM characters) in C.
     """
     size = len(raw)
-    if len(raw.translate(None, _ASCII_SPECIAL)) == size:
+    if len(raw.translate(None, ASCII_SEGMENT_SPECIAL)) == size:
         return (1 if size <= 160 else -(-size // 153)), Encoding.GSM7
     if len(raw.translate(None, _ASCII_NOT_GSM7)) != size:
         return None

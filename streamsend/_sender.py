@@ -37,7 +37,7 @@ from streamsend._exceptions import (
     map_transport_error,
 )
 from streamsend._journal import Journal
-from streamsend._models import Batch, Message, Outcome, Status
+from streamsend._models import Batch, BatchOutcome, Message, Status
 from streamsend._outcomes import OutcomeSink
 from streamsend._retry import Accepted, Backoff, classify_response
 from streamsend._stats import RunStats
@@ -388,44 +388,28 @@ class Sender:
         attempts: int,
         accepted: Accepted,
     ) -> None:
-        errors = accepted.errors
-        queued = Status.QUEUED
-        outcomes = [
-            Outcome(
-                m.source,
-                m.line,
-                queued,
-                None,
-                None,
-                m.to,
-                m.ref_json,
-                attempts,
-                request,
-                sender,
-                m.segments,
-                m.encoding,
+        size = len(messages)
+        rejections = {i: e for i, e in accepted.errors.items() if 0 <= i < size}
+        if len(rejections) != len(accepted.errors):
+            self._log.warning(
+                "error_index_out_of_range",
+                request=request,
+                indexes=sorted(set(accepted.errors) - set(rejections)),
             )
-            for m in messages
-        ]
-        rejected = 0
-        for index, (code, text) in errors.items():
-            if 0 <= index < len(outcomes):
-                outcomes[index] = outcomes[index]._replace(
-                    status=Status.REJECTED, code=code, error=text
-                )
-                rejected += 1
-        if accepted.queued_count is not None and accepted.queued_count != len(messages) - rejected:
+        queued = size - len(rejections)
+        if accepted.queued_count is not None and accepted.queued_count != queued:
             self._log.warning(
                 "queued_count_mismatch",
                 request=request,
                 queued_count=accepted.queued_count,
-                expected=len(messages) - rejected,
+                expected=queued,
             )
-        self._sink.write(outcomes)
-        self._stats.count_outcome("queued", sender, len(messages) - rejected)
-        self._stats.segments_sent += sum(m.segments for m in messages)
-        if rejected:
-            self._stats.count_outcome("rejected", sender, rejected)
+        self._write(
+            BatchOutcome(
+                messages, Status.QUEUED, request, attempts, sender, rejections=rejections or None
+            )
+        )
+        self._stats.segments_sent += sum([m.segments for m in messages])
 
     def _finish_failed(
         self,
@@ -481,26 +465,12 @@ class Sender:
         code: str,
         error: str,
     ) -> None:
-        self._sink.write(
-            [
-                Outcome(
-                    m.source,
-                    m.line,
-                    status,
-                    code,
-                    error,
-                    m.to,
-                    m.ref_json,
-                    attempts,
-                    request,
-                    sender,
-                    m.segments,
-                    m.encoding,
-                )
-                for m in messages
-            ]
-        )
-        self._stats.count_outcome(status.value, sender, len(messages))
+        self._write(BatchOutcome(messages, status, request, attempts, sender, code, error))
+
+    def _write(self, result: BatchOutcome) -> None:
+        self._sink.write_batch(result)
+        for status, count in result.count_by_status().items():
+            self._stats.count_outcome(status.value, result.sender, count)
 
 
 async def _mark_transmitted(
