@@ -20,9 +20,11 @@ another road (outcome records, exit messages).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import Literal, TextIO
 
 import orjson
@@ -52,6 +54,8 @@ LEVELS: Mapping[str, int] = {
 _MAX_DEPTH = 12
 
 _CLEAR_LINE = "\r\x1b[K"
+
+_ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], object]
 
 
 class SecretRedactor:
@@ -141,7 +145,13 @@ def configure_logging(
     secrets: Sequence[str] = (),
     stream: TextIO | None = None,
 ) -> None:
-    """Set structlog up for the whole process. Safe to call again (the last call wins).
+    """Set logging up for the whole process. Safe to call again (the last call wins).
+
+    Besides structlog, two other roads to stderr are covered, because a key can travel in any
+    exception's text: records of the standard `logging` module (asyncio's "Task exception was
+    never retrieved", aiohttp's warnings) are rendered by the same processors, redaction
+    included; and an uncaught exception is logged as a redacted `uncaught_exception` event
+    instead of Python's raw traceback.
 
     Raises ConfigError for an unknown level or format, naming the accepted values.
     """
@@ -154,12 +164,15 @@ def configure_logging(
     is_terminal = _is_terminal(out)
     console = fmt == "console" or (fmt == "auto" and is_terminal)
 
-    processors = logging_processors(secrets=secrets)
+    renderer: Processor
     if console:
-        renderer = _TerminalConsoleRenderer if is_terminal else structlog.dev.ConsoleRenderer
-        processors.append(renderer(colors=is_terminal))
+        console_renderer = (
+            _TerminalConsoleRenderer if is_terminal else structlog.dev.ConsoleRenderer
+        )
+        renderer = console_renderer(colors=is_terminal)
     else:
-        processors.append(structlog.processors.JSONRenderer(serializer=_dumps_json))
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps_json)
+    processors = [*logging_processors(secrets=secrets), renderer]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(min_level),
@@ -170,6 +183,54 @@ def configure_logging(
         # loops bind once, `log = get_logger(...).bind()`, and then pay nothing per call.
         cache_logger_on_first_use=False,
     )
+
+    handler = logging.StreamHandler(out)
+    handler.setLevel(min_level)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[_add_record_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *processors,
+            ],
+        )
+    )
+    _install(handler, _log_uncaught)
+
+
+def reset_logging() -> None:
+    """Undo configure_logging(): structlog's defaults, no handler of ours, Python's excepthook."""
+    structlog.reset_defaults()
+    _install(None, sys.__excepthook__)
+
+
+_installed_handler: logging.Handler | None = None
+
+
+def _install(handler: logging.Handler | None, excepthook: _ExceptHook) -> None:
+    # Only our own handler is replaced: others on the root logger (pytest's, an embedding
+    # application's) are left alone, and so is the root logger's level.
+    global _installed_handler  # noqa: PLW0603 - one process-wide logging set-up
+    root = logging.getLogger()
+    if _installed_handler is not None:
+        root.removeHandler(_installed_handler)
+    _installed_handler = handler
+    if handler is not None:
+        root.addHandler(handler)
+    sys.excepthook = excepthook
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    get_logger("streamsend").critical("uncaught_exception", exc_info=(exc_type, exc, tb))
+
+
+def _add_record_name(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    record = event_dict.get("_record")
+    if isinstance(record, logging.LogRecord):
+        event_dict["logger_name"] = record.name
+    return event_dict
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:
@@ -224,4 +285,5 @@ __all__ = [
     "get_logger",
     "logging_processors",
     "redact",
+    "reset_logging",
 ]

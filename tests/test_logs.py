@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -19,6 +21,7 @@ from streamsend._logs import (
     get_logger,
     logging_processors,
     redact,
+    reset_logging,
 )
 
 KEY = "trk_" + "A1b2C3d4" * 4  # shaped like a real key: trk_ and 32 letters/digits
@@ -33,9 +36,9 @@ class FakeTerminal(io.StringIO):
 
 
 @pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
+def _reset_logging() -> Iterator[None]:
     yield
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def _json_lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -267,3 +270,64 @@ def test_context_bound_values_are_redacted() -> None:
         structlog.contextvars.clear_contextvars()
     [event] = _json_lines(stream)
     assert event["api_key"] == REDACTED
+
+
+# --- other roads to stderr -----------------------------------------------------------------------
+
+
+def test_standard_library_records_are_rendered_and_redacted() -> None:
+    """A record of the `logging` module (asyncio, aiohttp) is rendered as JSON, redacted,
+    with its logger's name and its traceback."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream)
+    try:
+        raise OSError(f"connection reset while sending {KEY}")
+    except OSError:
+        logging.getLogger("asyncio").error(
+            "Task exception was never retrieved %s", KEY, exc_info=True
+        )
+
+    [event] = _json_lines(stream)
+    assert event["event"] == f"Task exception was never retrieved {REDACTED}"
+    assert event["level"] == "error"
+    assert event["logger_name"] == "asyncio"
+    assert "OSError: connection reset while sending trk_***" in str(event["exception"])
+    assert KEY not in stream.getvalue()
+
+
+def test_reconfiguring_replaces_the_standard_library_handler() -> None:
+    """Configuring twice leaves one handler of ours, writing to the latest stream."""
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging(fmt="json", stream=first)
+    configure_logging(fmt="json", stream=second)
+    logging.getLogger("aiohttp.client").warning("once")
+    assert first.getvalue() == ""
+    assert [e["event"] for e in _json_lines(second)] == ["once"]
+
+
+def test_reset_removes_the_standard_library_handler() -> None:
+    """After reset_logging(), records no longer reach the old stream."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream)
+    reset_logging()
+    logging.getLogger("asyncio").warning("after reset")
+    assert stream.getvalue() == ""
+    assert sys.excepthook is sys.__excepthook__
+
+
+def test_uncaught_exception_is_logged_redacted() -> None:
+    """An exception nobody caught is logged as an `uncaught_exception` event, redacted, instead
+    of Python's raw traceback."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", secrets=[OTHER_SECRET], stream=stream)
+    try:
+        raise KeyError(f"{KEY} and {OTHER_SECRET}")
+    except KeyError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+
+    [event] = _json_lines(stream)
+    assert event["event"] == "uncaught_exception"
+    assert event["level"] == "critical"
+    assert "KeyError" in str(event["exception"])
+    assert KEY not in stream.getvalue()
+    assert OTHER_SECRET not in stream.getvalue()

@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
-from streamsend._logs import configure_logging, get_logger
+from streamsend._logs import configure_logging, get_logger, reset_logging
 from streamsend._progress import (
     LIVE_INTERVAL,
     format_progress_line,
@@ -63,9 +62,9 @@ class BrokenStream(io.StringIO):
 
 
 @pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
+def _reset_logging() -> Iterator[None]:
     yield
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def _stats(clock: FakeClock) -> RunStats:
