@@ -90,7 +90,7 @@ _streams = st.lists(_fragments, max_size=40).map(b"".join)
     sizes=st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=5),
     max_line_bytes=st.integers(min_value=1, max_value=40),
 )
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 async def test_chunked_split_matches_reference(
     data: bytes, sizes: list[int], max_line_bytes: int
 ) -> None:
