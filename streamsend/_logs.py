@@ -5,13 +5,16 @@ Promises:
   Trackly key (`trk_` and 8 or more letters/digits), is replaced by `trk_***` in every value of
   every event: strings, bytes, nested dicts/lists/tuples/sets, dict keys, arbitrary objects (by
   their text), and exceptions, whose tracebacks are formatted *before* redaction so that the
-  rendered text is what gets checked.
+  rendered text is what gets checked. Records of the standard `logging` module and uncaught
+  exceptions go through the same processors, so they are covered too.
 - JSON lines (rendered with orjson) when the stream isn't a terminal or `fmt="json"`; structlog's
   console renderer when it is a terminal or `fmt="console"`. Timestamps are ISO 8601 in UTC.
 - Logging never raises into the caller because of an odd value: what orjson can't encode is
   encoded by the standard library, with `repr` as the last resort.
 - Disabled levels cost almost nothing: the bound loggers come from
-  `structlog.make_filtering_bound_logger`, whose methods below the level are no-ops.
+  `structlog.make_filtering_bound_logger`, whose methods below the level are no-ops (about
+  0.1 µs on a bound logger; about 2 µs through `get_logger()`'s lazy proxy, which binds on
+  each call so that it follows reconfiguration: bind once for a hot loop).
 
 `redact()` is the same redaction as a plain function, for error messages that leave the tool by
 another road (outcome records, exit messages).
