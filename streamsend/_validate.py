@@ -23,22 +23,22 @@ from typing import Literal
 import orjson
 
 from streamsend._models import Encoding, Message, Outcome, Status
-from streamsend._segments import count_segments, count_segments_ascii
+from streamsend._segments import ASCII_SEGMENT_SPECIAL, count_segments, count_segments_ascii
 
 ApiVersion = Literal["v1", "v2"]
 
 MAX_BODY_CHARS = 1600
 
-# The plain shape. The body group excludes quotes, backslashes and control characters, so its
-# bytes are a complete JSON string body needing no escape handling; the phone group is already
-# E.164. Anything else (escapes, other fields, a per-line sender, a number to normalise) falls
-# through to the full path, which is correct for every line and merely slower.
+# The plain shape, as JSON serialisers write it (compact, or with one space after `:` and `,`).
+# Body and ref are printable ASCII without quotes or backslashes, so their bytes are complete
+# JSON string contents needing no escape handling, and their length in bytes is their length in
+# code points; the phone is already E.164. Anything else (escapes, non-ASCII, other fields, a
+# per-line sender, a number to normalise, other spacing) takes the full path, which is correct
+# for every line and merely slower. Positive character classes match about a third faster
+# than negated ones here.
 _PLAIN_LINE = re.compile(
-    rb'[ \t]*\{[ \t]*"(?:to_msisdn|to)"[ \t]*:[ \t]*"(\+[1-9][0-9]{7,14})"[ \t]*,'
-    rb'[ \t]*"body"[ \t]*:[ \t]*"([^"\\\x00-\x1f\x7f-\xff]{1,1600})"[ \t]*'
-    rb'(?:,[ \t]*"ref"[ \t]*:[ \t]*'
-    rb'("[^"\\\x00-\x1f\x7f-\xff]{0,256}"|0|-?[1-9][0-9]{0,17})[ \t]*)?'
-    rb"\}[ \t]*"
+    rb'\{"(?:to_msisdn|to)": ?"(\+[1-9][0-9]{7,14})", ?"body": ?"([ !#-\[\]-~]{1,1600})"'
+    rb'(?:, ?"ref": ?("[ !#-\[\]-~]{0,256}"|0|-?[1-9][0-9]{0,17}))?\}'
 )
 
 _PHONE_FORMATTING = str.maketrans("", "", " -.()\t")
@@ -84,41 +84,44 @@ class Validator:
         # The fast path can only serve lines that use the default sender; without one, every
         # line must name its own and takes the full path.
         self._fast = default_sender is not None and self._sender_problem(default_sender) is None
-        self._default_sender_json = orjson.dumps(default_sender) if default_sender else b""
         self._default_sender_str = default_sender or ""
+        # The plain line's wire form: the recipient and body bytes drop into this unchanged.
+        if api_version == "v1":
+            self._wire_template = b'{"to_msisdn":"%b","body":"%b"}'
+        else:
+            sender_json = orjson.dumps(default_sender or "").replace(b"%", b"%%")
+            self._wire_template = b'{"to":"%b","list_number":' + sender_json + b',"body":"%b"}'
 
     def validate(self, source: str, line: int, raw: bytes) -> Message | Outcome:
         """Validate one line (without its line ending). Never raises on any input."""
         match = _PLAIN_LINE.fullmatch(raw) if self._fast else None
         if match is not None:
-            body = match[2]  # ASCII by the pattern, so its length in bytes is in code points
-            counted = count_segments_ascii(body)
-            if counted is not None:  # a backtick or a control character makes it UCS-2
-                to = match[1]
+            to, body, ref = match.groups()
+            # One `translate` settles the usual body: no GSM-7 extension or non-GSM-7 character.
+            size = len(body)
+            if len(body.translate(None, ASCII_SEGMENT_SPECIAL)) == size:
                 return Message(
                     source,
                     line,
                     to.decode("ascii"),
                     self._default_sender_str,
-                    self._wire_plain(to, body),
-                    match[3] or b"",
-                    counted[0],
-                    counted[1],
+                    self._wire_template % (to, body),
+                    ref or b"",
+                    1 if size <= 160 else -(-size // 153),
+                    Encoding.GSM7,
+                )
+            counted = count_segments_ascii(body)
+            if counted is not None:  # None: a backtick or a control character, so UCS-2
+                return Message(
+                    source,
+                    line,
+                    to.decode("ascii"),
+                    self._default_sender_str,
+                    self._wire_template % (to, body),
+                    ref or b"",
+                    *counted,
                 )
         return self._validate_full(source, line, raw)
-
-    def _wire_plain(self, to: bytes, body: bytes) -> bytes:
-        if self.api_version == "v1":
-            return b'{"to_msisdn":"' + to + b'","body":"' + body + b'"}'
-        return (
-            b'{"to":"'
-            + to
-            + b'","list_number":'
-            + self._default_sender_json
-            + b',"body":"'
-            + body
-            + b'"}'
-        )
 
     def _validate_full(self, source: str, line: int, raw: bytes) -> Message | Outcome:
         def invalid(code: str, error: str, ref_json: bytes = b"") -> Outcome:
