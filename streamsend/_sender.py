@@ -65,15 +65,19 @@ class SenderSettings:
     retries: int = 5
     resend_unknown: bool = False
     backoff: Backoff = field(default_factory=Backoff)
-    lane_depth: int = 4  # batches waiting per sender before the producer waits
+    # Messages waiting in all lanes before `submit()` makes the producer wait. One budget for
+    # all senders, not one per lane: a throttled sender's backlog can grow into it while the
+    # others keep flowing, instead of stopping the reader (and so every sender) at once.
+    max_waiting_messages: int = 20_000
 
 
 class _Lane:
     """One sending number: its queue, its pacing and its 429 pause."""
 
-    def __init__(self, sender: str, rate_per_s: float | None, cap: int, depth: int) -> None:
+    def __init__(self, sender: str, rate_per_s: float | None, cap: int) -> None:
         self.sender = sender
-        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=depth)
+        # Unbounded by itself; the Sender's shared budget bounds all lanes together.
+        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue()
         # Bucket of one batch: a burst never exceeds one batch above the target rate.
         self.limiter = AsyncLimiter(max(cap, 1), max(cap, 1) / rate_per_s) if rate_per_s else None
         self.paused_until = 0.0
@@ -110,6 +114,8 @@ class Sender:
         self._owns_session = session is None
         self._in_flight = asyncio.Semaphore(settings.concurrency)
         self._lanes: dict[str, _Lane] = {}
+        self._waiting_messages = 0  # in lane queues, not yet taken by a worker
+        self._room = asyncio.Event()
         self._url = settings.base_url.rstrip("/") + _ENDPOINTS[settings.api_version]
         self._headers = {"X-Api-Key": settings.api_key, "Content-Type": "application/json"}
         self._warned_deprecated = False
@@ -135,11 +141,15 @@ class Sender:
     # -- feeding ---------------------------------------------------------------------------
 
     async def submit(self, batch: Batch) -> None:
-        """Queue a batch on its sender's lane; waits when that lane is full (backpressure)."""
+        """Queue a batch on its sender's lane; waits while the lanes hold too many messages."""
+        while self._waiting_messages >= self.settings.max_waiting_messages:
+            self._room.clear()
+            await self._room.wait()
         lane = self._lanes.get(batch.sender)
         if lane is None:
             lane = self._open_lane(batch.sender)
-        await lane.queue.put(batch)
+        self._waiting_messages += len(batch.messages)
+        lane.queue.put_nowait(batch)
 
     def queued_batches(self) -> int:
         return sum(lane.queue.qsize() for lane in self._lanes.values())
@@ -149,7 +159,6 @@ class Sender:
             sender,
             self._rate_for_sender(sender),
             self._cap_for_sender(sender),
-            self.settings.lane_depth,
         )
         self._lanes[sender] = lane
         lane.workers = [
@@ -162,7 +171,7 @@ class Sender:
         """Wait until every submitted batch has its outcomes."""
         for lane in self._lanes.values():
             for _ in lane.workers:
-                await lane.queue.put(None)
+                lane.queue.put_nowait(None)
         workers = [w for lane in self._lanes.values() for w in lane.workers]
         if workers:
             await asyncio.gather(*workers)
@@ -184,6 +193,9 @@ class Sender:
     async def _work(self, lane: _Lane) -> None:
         while True:
             batch = await lane.queue.get()
+            if batch is not None:
+                self._waiting_messages -= len(batch.messages)
+                self._room.set()
             if batch is None:
                 return
             if self.aborted.is_set():
