@@ -52,9 +52,14 @@ async def emu(emulator: EmulatorFactory) -> RunningEmulator:
 async def test_missing_api_key_is_401_missing_api_key(
     emu: RunningEmulator, session: aiohttp.ClientSession, path: str
 ) -> None:
-    """A request without X-Api-Key is refused with 401 missing_api_key on every endpoint."""
+    """A request without X-Api-Key is refused with 401 missing_api_key on every endpoint
+    (v1 errors carry the deprecation headers too, v2 ones don't)."""
     reply = await post(session, emu.base_url + path, v1_bulk([]), key=None)
     assert_error(reply, 401, "missing_api_key")
+    if path.startswith("/v1"):
+        assert_v1_headers(reply)
+    else:
+        assert "Deprecation" not in reply.headers
 
 
 async def test_wrong_api_key_is_401_invalid_api_key(

@@ -71,17 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser (its --help is the command's documentation)."""
     parser = _OneLineParser(
         prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Serve a local, faithful Trackly SMS API under /api: v1 bulk and single sends, v2 "
-            "bulk, with per-message validation, the per-list send-rate model (stale messages "
-            "dropped), an optional ledger of every accepted message, seeded fault injection and "
-            "GET /_emulator/stats. Prints one line to stderr once it listens; SIGTERM or Ctrl-C "
-            "stops it."
+            "Serve a local, faithful Trackly SMS API under /api: v1 bulk and single sends and v2\n"
+            "bulk, with per-message validation, each sending list's send rate (messages that\n"
+            "would wait too long are dropped, as the service does), an optional ledger of every\n"
+            "accepted message, seeded fault injection, and counters at GET /_emulator/stats.\n\n"
+            "Once it accepts connections it prints one line to stderr:\n"
+            "  streamsend emulator listening on http://HOST:PORT/api\n"
+            "SIGTERM or Ctrl-C stops it (exit 0)."
         ),
         epilog=(
-            'example: streamsend emulator --port 8080 --api-key "$TRACKLY_API_KEY" '
-            "--list pn_abc123def456 --v2-list +18005551000 --ledger ledger.ndjson "
-            "--error-5xx 0.02 --seed 7"
+            "example:\n"
+            f"  export {API_KEY_ENV}=trk_...   # keeps the key out of the process list\n"
+            "  streamsend emulator --port 8080 --list pn_abc123def456 --v2-list +18005551000 \\\n"
+            "      --ledger ledger.ndjson --error-5xx 0.02 --seed 7"
         ),
     )
     serve = parser.add_argument_group("serving")
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="api_keys",
         metavar="KEY",
-        help=f"an accepted X-Api-Key (repeatable; default: ${API_KEY_ENV})",
+        help=f"an accepted X-Api-Key (repeatable; default: ${API_KEY_ENV}); never printed",
     )
     serve.add_argument(
         "--list",
@@ -146,15 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faults.add_argument("--seed", type=int, help="fault generator seed (default 0)")
     fault_flags = {
-        "--error-5xx": "answered 500/502/503/504, nothing queued",
-        "--rate-429": "answered 429 with Retry-After, nothing queued",
-        "--drop-before": "connection closed before anything is queued",
-        "--drop-after": "messages queued, then the connection closed without an answer",
-        "--hang": "messages queued, never answered",
-        "--truncated-body": "messages queued, 201 sent with its body cut off",
+        "--error-5xx": "answered 500/502/503/504 (nothing queued)",
+        "--rate-429": "answered 429 with Retry-After (nothing queued)",
+        "--drop-before": "whose connection is closed before anything is queued",
+        "--drop-after": "queued, then the connection closed without an answer",
+        "--hang": "queued and never answered",
+        "--truncated-body": "queued and answered 201 with the body cut off",
     }
     for flag, meaning in fault_flags.items():
-        faults.add_argument(flag, type=float, metavar="F", help=f"fraction {meaning}")
+        faults.add_argument(flag, type=float, metavar="F", help=f"fraction of requests {meaning}")
     faults.add_argument(
         "--retry-after", type=float, metavar="S", help="the Retry-After of 429s, seconds (1)"
     )
