@@ -251,13 +251,25 @@ class Sender:
                         self._stats.in_flight -= 1
                         latency = time.monotonic() - started
                 ctx = SimpleNamespace(transmitted=False)  # the attempt is over, one way or another
+                code = (
+                    "201"
+                    if failure is None
+                    else (str(failure.status) if failure.status else failure.code)
+                )
+                self._stats.observe_request(code, latency)
+                self._log.debug(
+                    "request",
+                    request=request,
+                    sender=lane.sender,
+                    messages=len(messages),
+                    bytes=len(body),
+                    status=code,
+                    latency_ms=round(latency * 1000, 1),
+                    attempt=attempts,
+                )
                 if failure is None:
-                    self._stats.observe_request("201", latency)
                     self._finish_accepted(request, lane.sender, messages, attempts, accepted)
                     break
-                self._stats.observe_request(
-                    str(failure.status) if failure.status else failure.code, latency
-                )
                 maybe_accepted = maybe_accepted or isinstance(failure, MaybeSent)
                 delay = self._retry_delay(failure, attempts, lane, request, len(messages))
                 if delay is not None:
