@@ -99,19 +99,12 @@ class Validator:
             to, body, ref = match.groups()
             # One `translate` settles the usual body: no GSM-7 extension or non-GSM-7 character.
             size = len(body)
+            counted: tuple[int, Encoding] | None
             if len(body.translate(None, ASCII_SEGMENT_SPECIAL)) == size:
-                return Message(
-                    source,
-                    line,
-                    to.decode("ascii"),
-                    self._default_sender_str,
-                    self._wire_template % (to, body),
-                    ref or b"",
-                    1 if size <= 160 else -(-size // 153),
-                    Encoding.GSM7,
-                )
-            counted = count_segments_ascii(body)
-            if counted is not None:  # None: a backtick or a control character, so UCS-2
+                counted = (1 if size <= 160 else -(-size // 153)), Encoding.GSM7
+            else:
+                counted = count_segments_ascii(body)  # None: a backtick or a control character
+            if counted is not None:
                 return Message(
                     source,
                     line,
