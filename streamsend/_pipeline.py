@@ -144,6 +144,8 @@ class Pipeline:
                 for task in (reader, linger, stop_wait, abort_wait):
                     task.cancel()
                 await self._sink.flush()
+        if self.sender.crashed is not None:
+            raise self.sender.crashed
         if read_error is not None:
             raise read_error
         if self.sender.fatal is not None:

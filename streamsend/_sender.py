@@ -120,7 +120,8 @@ class Sender:
         self._headers = {"X-Api-Key": settings.api_key, "Content-Type": "application/json"}
         self._warned_deprecated = False
         self.fatal: FatalServiceError | None = None
-        self.aborted = asyncio.Event()  # set on a fatal answer: the pipeline stops reading
+        self.crashed: Exception | None = None  # an error that is no service answer (a bug)
+        self.aborted = asyncio.Event()  # set on a fatal answer or a crash: stop reading
 
     async def __aenter__(self) -> Sender:
         if self._session is None:
@@ -200,7 +201,17 @@ class Sender:
                 return
             if self.aborted.is_set():
                 continue  # no outcome: --resume sends these lines later
-            await self._deliver(lane, batch.messages)
+            try:
+                await self._deliver(lane, batch.messages)
+            except Exception as exc:
+                # Not a service answer but a bug. Stop the run as a fatal answer does (reading
+                # stops, requests in flight finish) and let the pipeline raise it. Left to end
+                # this task, it would go unseen until drain(), and the pipeline swallowed it.
+                # This request's lines keep no outcome; the journal has them for --resume.
+                if self.crashed is None:
+                    self.crashed = exc
+                self.aborted.set()
+                return
 
     async def _deliver(self, lane: _Lane, messages: Sequence[Message]) -> None:
         request = self._next_request
