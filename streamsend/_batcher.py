@@ -137,7 +137,9 @@ class Batcher:
 
     def flush_due(self, now: float) -> list[Batch]:
         """Close every batch whose linger has run out."""
-        due = [s for s, b in self._open.items() if now - b.opened_at >= self.linger]
+        # The same sum as next_deadline: `now - opened_at >= linger` rounds differently, so a
+        # caller woken at next_deadline could get nothing back and wait for a deadline past.
+        due = [s for s, b in self._open.items() if b.opened_at + self.linger <= now]
         return [self._close(s, self._open.pop(s)) for s in due]
 
     def flush_all(self) -> list[Batch]:
