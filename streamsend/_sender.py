@@ -14,6 +14,7 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,8 @@ from streamsend._stats import RunStats
 PACE_GRANULARITY_S = 0.2
 
 _ENDPOINTS = {"v1": "/v1/messages/bulk", "v2": "/v2/send/bulk"}
+# aiohttp's threshold (aiohttp.payload.TOO_LARGE_BYTES_BODY) for "a large body as raw bytes".
+_LARGE_BODY_BYTES = 1 << 20
 
 
 def batch_cap_for_rate(rate_per_s: float | None, batch_size: int) -> int:
@@ -383,8 +386,12 @@ class Sender:
         assert self._session is not None
         try:
             async with asyncio.timeout(self.settings.timeout):
+                # aiohttp writes a bytes body in one go and warns (ResourceWarning) past 1 MiB
+                # that this may block the loop; a BytesIO is written in chunks, still with a
+                # Content-Length. A fresh one per attempt: it is consumed by sending.
+                data = io.BytesIO(body) if len(body) > _LARGE_BODY_BYTES else body
                 async with self._session.post(
-                    self._url, data=body, headers=self._headers, trace_request_ctx=ctx
+                    self._url, data=data, headers=self._headers, trace_request_ctx=ctx
                 ) as response:
                     raw = await response.read()
                     self._note_deprecation(response)
