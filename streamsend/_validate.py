@@ -181,7 +181,19 @@ class Validator:
                 "body_too_long", f"`body` has {len(body)} characters; the limit is 1600", ref_json
             )
 
-        sender = obj.get(self._sender_field, self.default_sender)
+        other_field = "list_number" if self.api_version == "v1" else "from_phone_number_id"
+        if obj.get(other_field) is not None:
+            # A v1 input run with --api-version v2 (or the reverse) would otherwise send every
+            # message from --from, silently, instead of the number the line names.
+            return invalid(
+                "wrong_sender_field",
+                f"`{other_field}` is the other API version's sender field; with "
+                f"{self.api_version} name the sender in `{self._sender_field}`",
+                ref_json,
+            )
+        sender = obj.get(self._sender_field)
+        if sender is None:
+            sender = self.default_sender
         if sender is None:
             return invalid(
                 "missing_from",
@@ -199,7 +211,7 @@ class Validator:
         else:
             fields: dict[str, object] = {"to": to, "list_number": sender, "body": body}
             for name in _V2_PASSTHROUGH:
-                if name in obj:
+                if obj.get(name) is not None:  # null means absent, as it does for `ref`
                     if not isinstance(obj[name], dict):
                         return invalid("wrong_type", f"`{name}` must be an object", ref_json)
                     fields[name] = obj[name]
