@@ -276,6 +276,10 @@ def load_config_file(path: Path, base: EmulatorConfig) -> EmulatorConfig:
         raise EmulatorConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise EmulatorConfigError(f"{path}: not valid TOML: {exc}") from None
+    # A file may also be a `streamsend send` profile with the emulator's settings in an
+    # [emulator] table (configs/emulator.toml is both); then only that table is ours.
+    if "emulator" in document:
+        document = dict(_table("emulator", document["emulator"]))
     try:
         fault_table = document.pop("faults", {})
         settings = _convert_table(document, _TOP_KEYS, "")
