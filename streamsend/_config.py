@@ -8,6 +8,7 @@ TRACKLY_API_KEY or from the file `api_key_file` names, and it is never printed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -39,8 +40,8 @@ def parse_rate(text: str) -> float:
     if match is None:
         raise ValueError(f"{text!r} is not a rate like 17000/min or 300/s")
     per_second = float(match[1]) / _UNIT_SECONDS[match[2] or "s"]
-    if per_second <= 0:
-        raise ValueError("a rate must be above zero")
+    if not (math.isfinite(per_second) and per_second > 0):  # 400 nines parse as inf
+        raise ValueError("a rate must be a finite number above zero")
     return per_second
 
 
@@ -173,8 +174,9 @@ def _rate(value: object) -> float | None:
     if value is None or (isinstance(value, str) and value.lower() in ("", "none", "unlimited")):
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError("a rate must be above zero")
+        # TOML has inf and nan; neither paces anything (and nan compares false with zero).
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{value} is not a rate: it must be a finite number above zero")
         return float(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a rate like 17000/min, got {type(value).__name__}")
