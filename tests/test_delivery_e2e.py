@@ -1,0 +1,553 @@
+"""Delivery guarantees end to end: the pipeline against the emulator, with each fault injected.
+
+Each run sends 20,000 lines through the real pipeline (source, validation, batcher, sender,
+outcomes file, journal) over loopback HTTP to the in-process emulator, whose ledger records every
+message it accepted. Then, whatever the faults:
+
+- every line has exactly one outcome;
+- each `queued` line is in the ledger exactly once; `rejected`, `invalid` and `failed` lines are
+  not in it at all; an `unknown` line is in it at most once (the service may or may not have
+  taken it), and nothing in the ledger is foreign to the input;
+- with --resend-unknown (at-least-once), ambiguous failures are resent: a line may then be in the
+  ledger more than once, but never more often than its request was attempted.
+
+Each fault kind also leaves its own fingerprint, checked precisely: 5xx and 429 are retried and
+never make a line `unknown`; a connection dropped before queueing makes lines `unknown` that the
+ledger doesn't have; one dropped after queueing, a hang or a cut-off body makes lines `unknown`
+that the ledger has exactly once.
+
+Every line's body is unique (`m<line>`), which is how a ledger record is traced to its line. Every
+97th line has a number the client is made to let through (a "+0…" number) and the service
+refuses in-band, so `rejected` outcomes and their index mapping are exercised too.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import structlog
+from aiohttp import web
+from structlog.typing import EventDict
+
+import streamsend._pipeline
+import streamsend._retry
+import streamsend._sender
+import streamsend._validate
+from streamsend._batcher import Batcher
+from streamsend._config import Settings
+from streamsend._journal import Journal
+from streamsend._outcomes import FileSink
+from streamsend._pipeline import EXIT_ABORTED, EXIT_NOT_ALL_QUEUED, Pipeline, RunResult
+from streamsend._source import read_inputs
+from streamsend.emulator import FaultConfig, RunningEmulator
+from streamsend.emulator._testing import API_KEY, V1_LIST, EmulatorFactory, read_ledger
+
+LINES = 20_000
+INVALID_EVERY = 1000  # line 500, 1500, ...: not JSON, refused by the client
+REJECTED_EVERY = 97  # a "+0" number: let through by the client, refused by the service
+
+
+class CapturedLog:
+    """Keeps every event the pipeline logs, with its wall-clock time (a structlog processor)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, str, dict[str, Any]]] = []
+
+    def __call__(self, logger: object, method_name: str, event_dict: EventDict) -> EventDict:
+        event = str(event_dict.pop("event"))
+        self.events.append((time.time(), method_name, event, dict(event_dict)))
+        raise structlog.DropEvent
+
+    def logger(self) -> Any:
+        """A real structlog logger (bind, levels and all) whose events end up here."""
+        return structlog.wrap_logger(
+            structlog.PrintLogger(io.StringIO()),
+            processors=[self],
+            wrapper_class=structlog.make_filtering_bound_logger(0),
+        )
+
+    def named(self, event: str) -> list[tuple[float, dict[str, Any]]]:
+        return [(t, fields) for t, _, name, fields in self.events if name == event]
+
+
+def _kind(line: int) -> str:
+    if line % INVALID_EVERY == INVALID_EVERY // 2:
+        return "invalid"
+    if line % REJECTED_EVERY == 0:
+        return "rejectable"
+    return "good"
+
+
+def write_input(path: Path, lines: int = LINES, body: Callable[[int], str] | None = None) -> None:
+    """The input: mostly good lines with unique bodies, some invalid, some the service rejects."""
+    with path.open("wb") as out:
+        for n in range(1, lines + 1):
+            kind = _kind(n)
+            if kind == "invalid":
+                out.write(b"not json at all\n")
+                continue
+            to = f"+0{n:09d}" if kind == "rejectable" else f"+1415{n:07d}"
+            text = body(n) if body is not None else f"m{n}"
+            out.write(orjson.dumps({"to_msisdn": to, "body": text, "ref": n}) + b"\n")
+
+
+@pytest.fixture(autouse=True)
+def let_plus_zero_numbers_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the client accept "+0…" numbers, which the service refuses in-band (`rejected`)."""
+    original = streamsend._validate.normalise_phone
+
+    def permissive(raw: str) -> str | None:
+        return raw if raw.startswith("+0") else original(raw)
+
+    monkeypatch.setattr(streamsend._validate, "normalise_phone", permissive)
+
+
+@dataclass
+class Run:
+    """One pipeline run: what it returned, wrote and logged, and what the emulator accepted."""
+
+    result: RunResult
+    outcomes: list[dict[str, Any]]
+    ledger: list[dict[str, Any]]
+    log: CapturedLog
+    stats: Any  # the emulator's stats snapshot
+    lines: int
+    by_line: dict[int, dict[str, Any]] = field(default_factory=dict)
+    in_ledger: Counter[int] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        for outcome in self.outcomes:
+            self.by_line[outcome["line"]] = outcome
+        for record in self.ledger:
+            self.in_ledger[int(record["body"].split(" ", 1)[0].removeprefix("m"))] += 1
+
+    def with_status(self, status: str) -> Iterator[dict[str, Any]]:
+        return (o for o in self.outcomes if o["status"] == status)
+
+    def statuses(self) -> Counter[str]:
+        return Counter(o["status"] for o in self.outcomes)
+
+
+def settings_for(emu: RunningEmulator, tmp_path: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "base_url": emu.base_url,
+        "sender": V1_LIST,
+        "batch_size": 100,
+        "linger_ms": 20.0,
+        "concurrency": 8,
+        "timeout": 5.0,
+        "retries": 5,
+        "backoff_base": 0.005,
+        "backoff_cap": 0.02,
+        "drain_timeout": 5.0,
+        "outcomes": str(tmp_path / "outcomes.ndjson"),
+        "fsync": "off",
+    }
+    return Settings(**(base | overrides))
+
+
+async def run_pipeline(
+    emu: RunningEmulator,
+    tmp_path: Path,
+    *,
+    lines: int = LINES,
+    body: Callable[[int], str] | None = None,
+    api_key: str = API_KEY,
+    **overrides: Any,
+) -> Run:
+    input_path = tmp_path / "input.ndjson"
+    write_input(input_path, lines, body)
+    settings = settings_for(emu, tmp_path, **overrides)
+    assert settings.journal_path is not None
+    log = CapturedLog()
+    sink = FileSink.open_path(settings.outcomes, fsync=False)
+    journal = Journal(settings.journal_path, fsync=False)
+    try:
+        pipeline = Pipeline(
+            settings,
+            api_key=api_key,
+            source=read_inputs([str(input_path)]),
+            sink=sink,
+            journal=journal,
+            log=log.logger(),
+        )
+        result = await pipeline.run()
+    finally:
+        sink.close()
+        journal.close()
+    return Run(
+        result,
+        read_outcomes(settings.outcomes),
+        read_ledger(emu.ledger_path),
+        log,
+        emu.stats(),
+        lines,
+    )
+
+
+def read_outcomes(path: str) -> list[dict[str, Any]]:
+    with open(path, "rb") as file:
+        return [orjson.loads(line) for line in file]
+
+
+def check_delivery(run: Run, *, resend_unknown: bool = False) -> None:
+    """The guarantees every run must keep, whatever the faults (see the module docstring)."""
+    counts = Counter(o["line"] for o in run.outcomes)
+    assert [line for line, n in counts.items() if n > 1] == [], "a line has two outcomes"
+    assert set(counts) == set(range(1, run.lines + 1)), "a line has no outcome"
+    assert set(run.in_ledger) <= set(counts), "the ledger holds a message not in the input"
+    problems: list[tuple[int, str, int]] = []
+    for line, outcome in run.by_line.items():
+        status, times = outcome["status"], run.in_ledger[line]
+        kind = _kind(line)
+        if kind == "invalid":
+            ok = status == "invalid" and outcome["code"] == "invalid_json" and times == 0
+        elif status == "queued":
+            ok = kind == "good" and (
+                times == 1 or (resend_unknown and 1 <= times <= outcome["attempts"])
+            )
+        elif status == "rejected":
+            ok = kind == "rejectable" and outcome["code"] == "invalid_phone" and times == 0
+        elif status == "failed":
+            ok = times == 0
+        elif status == "unknown":
+            ok = times <= (outcome["attempts"] if resend_unknown else 1)
+        else:
+            ok = False
+        if not ok:
+            problems.append((line, status, times))
+    assert problems == [], f"{len(problems)} lines break the guarantees, e.g. {problems[:5]}"
+    # The outcomes say what was sent to whom: each queued line's recipient is its own.
+    for outcome in run.with_status("queued"):
+        assert outcome["to_msisdn"] == f"+1415{outcome['line']:07d}"
+        assert outcome["ref"] == outcome["line"]
+
+
+def exit_code_for(run: Run) -> int:
+    return 0 if set(run.statuses()) == {"queued"} else EXIT_NOT_ALL_QUEUED
+
+
+# -- no faults, then one fault kind at a time --------------------------------------------------
+
+
+async def test_without_faults_every_line_is_delivered_once(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """The baseline: 20,000 lines, each queued exactly once, rejected or invalid; exit 1."""
+    emu = await emulator()
+    run = await run_pipeline(emu, tmp_path)
+    check_delivery(run)
+    rejectable = sum(1 for n in range(1, LINES + 1) if _kind(n) == "rejectable")
+    invalid = sum(1 for n in range(1, LINES + 1) if _kind(n) == "invalid")
+    assert run.statuses() == {
+        "queued": LINES - rejectable - invalid,
+        "rejected": rejectable,
+        "invalid": invalid,
+    }
+    assert run.result.exit_code == EXIT_NOT_ALL_QUEUED
+
+
+async def test_5xx_is_retried_and_never_ambiguous(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """5xx answers prove nothing was queued: retried, no line `unknown`, each queued line once."""
+    emu = await emulator(faults=FaultConfig(seed=1, error_5xx=0.3))
+    run = await run_pipeline(emu, tmp_path)
+    check_delivery(run)
+    assert run.stats["faults"]["error_5xx"] > 10
+    assert "unknown" not in run.statuses()
+    assert any(o["attempts"] > 1 for o in run.with_status("queued"))
+
+
+async def test_5xx_past_the_retries_fails_without_queueing(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """When 5xx outlast --retries, the lines are `failed` with the last code, and not queued."""
+    emu = await emulator(faults=FaultConfig(seed=2, error_5xx=0.6))
+    run = await run_pipeline(emu, tmp_path, retries=1)
+    check_delivery(run)
+    failed = list(run.with_status("failed"))
+    assert len(failed) > 100
+    assert {o["code"] for o in failed} <= {
+        "internal_error",
+        "bad_gateway",
+        "service_unavailable",
+        "gateway_timeout",
+    }
+    assert all(o["attempts"] == 2 for o in failed)
+
+
+async def test_429_without_pause_is_retried(emulator: EmulatorFactory, tmp_path: Path) -> None:
+    """429 (Retry-After: 0) is retried like 5xx: no line `unknown`, each queued line once."""
+    emu = await emulator(faults=FaultConfig(seed=3, rate_429=0.3, retry_after_s=0))
+    run = await run_pipeline(emu, tmp_path)
+    check_delivery(run)
+    assert run.stats["faults"]["rate_429"] > 10
+    assert "unknown" not in run.statuses()
+    assert len(run.log.named("rate_limited")) == run.stats["faults"]["rate_429"]
+
+
+async def test_drop_before_queueing_is_unknown_and_not_in_the_ledger(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A connection closed after the request left is ambiguous to the client (`unknown`, not
+    resent); the emulator dropped it before queueing, so none of those lines is in the ledger."""
+    emu = await emulator(faults=FaultConfig(seed=4, drop_before=0.1))
+    run = await run_pipeline(emu, tmp_path)
+    check_delivery(run)
+    unknown = list(run.with_status("unknown"))
+    assert unknown
+    assert {o["code"] for o in unknown} == {"disconnected"}
+    assert all(run.in_ledger[o["line"]] == 0 for o in unknown)
+    assert all(o["attempts"] == 1 for o in unknown)
+
+
+@pytest.mark.parametrize(
+    ("faults", "code", "overrides"),
+    [
+        pytest.param(FaultConfig(seed=5, drop_after=0.1), "disconnected", {}, id="drop-after"),
+        pytest.param(
+            FaultConfig(seed=5, truncated_body=0.1), "truncated_response", {}, id="truncated-body"
+        ),
+        pytest.param(FaultConfig(seed=5, hang=0.1), "timeout", {"timeout": 0.5}, id="hang"),
+    ],
+)
+async def test_answers_lost_after_queueing_are_unknown_and_in_the_ledger_once(
+    emulator: EmulatorFactory,
+    tmp_path: Path,
+    faults: FaultConfig,
+    code: str,
+    overrides: dict[str, Any],
+) -> None:
+    """The service queued the messages and the answer was lost: `unknown`, never resent, and
+    each such line the service could accept is in the ledger exactly once."""
+    emu = await emulator(faults=faults)
+    run = await run_pipeline(emu, tmp_path, **overrides)
+    check_delivery(run)
+    unknown = list(run.with_status("unknown"))
+    assert unknown
+    assert {o["code"] for o in unknown} == {code}
+    assert all(o["attempts"] == 1 for o in unknown)
+    assert all(run.in_ledger[o["line"]] == (_kind(o["line"]) == "good") for o in unknown)
+
+
+async def test_all_faults_together(emulator: EmulatorFactory, tmp_path: Path) -> None:
+    """Every fault kind at once: the guarantees still hold, and each kind actually happened."""
+    faults = FaultConfig(
+        seed=6,
+        error_5xx=0.08,
+        rate_429=0.06,
+        retry_after_s=0,
+        drop_before=0.05,
+        drop_after=0.05,
+        hang=0.03,
+        truncated_body=0.05,
+    )
+    emu = await emulator(faults=faults)
+    run = await run_pipeline(emu, tmp_path, timeout=0.5)
+    check_delivery(run)
+    kinds = ("error_5xx", "rate_429", "drop_before", "drop_after", "hang", "truncated_body")
+    assert all(run.stats["faults"][kind] > 0 for kind in kinds), run.stats["faults"]
+    assert run.result.exit_code == EXIT_NOT_ALL_QUEUED
+
+
+# -- at-least-once -----------------------------------------------------------------------------
+
+
+async def test_resend_unknown_retries_ambiguous_failures(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """With --resend-unknown, answers lost after queueing are resent: lines reach the ledger at
+    least once, some twice (the price of at-least-once), never more often than attempted."""
+    faults = FaultConfig(seed=7, drop_after=0.1, truncated_body=0.1, hang=0.05)
+    emu = await emulator(faults=faults)
+    run = await run_pipeline(emu, tmp_path, resend_unknown=True, timeout=0.5)
+    check_delivery(run, resend_unknown=True)
+    twice = [line for line, n in run.in_ledger.items() if n > 1]
+    assert twice, "no ambiguous request was resent"
+    assert all(run.by_line[line]["attempts"] > 1 for line in twice)
+    # A request is given up on only after all its attempts were ambiguous, which is rare here.
+    assert run.statuses()["unknown"] < LINES // 50
+
+
+# -- Retry-After pauses the whole lane ---------------------------------------------------------
+
+
+async def test_retry_after_pauses_every_request_of_the_sender(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """After a 429 with Retry-After: 1, the sending number sends nothing for a second.
+
+    Two workers share the lane. Once the client has read a 429, at most one request (the other
+    worker's, already in flight) may reach the service within the next second; a pause of only
+    the refused request would let the other worker go on sending every few milliseconds.
+    """
+    emu = await emulator(faults=FaultConfig(seed=8, rate_429=0.15, retry_after_s=1))
+    run = await run_pipeline(emu, tmp_path, batch_size=1000, concurrency=2)
+    check_delivery(run)
+    limited = run.log.named("rate_limited")
+    assert limited
+    assert all(fields["retry_after"] == 1.0 for _, fields in limited)
+    arrivals = sorted({(r["t"], r["request"]) for r in run.ledger})
+    for noticed, _ in limited:
+        # A little slack under the second: the client stamps the log after reading the answer.
+        during_pause = [t for t, _ in arrivals if noticed < t < noticed + 0.95]
+        assert len(during_pause) <= 1, (noticed, during_pause)
+
+
+# -- request-level refusals --------------------------------------------------------------------
+
+
+async def test_413_splits_the_batch_and_says_so(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 413 means our byte cap is wrong: the batch is halved until it fits, and logged loudly.
+
+    The batcher's cap is raised above the service's 5,000,000 bytes so that batches of long
+    four-byte-character bodies (6.4 MB per 1,000) are refused.
+    """
+
+    class Oversized(Batcher):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs, max_body_bytes=50_000_000)
+
+    monkeypatch.setattr(streamsend._pipeline, "Batcher", Oversized)
+    emu = await emulator()
+    lines = 3000
+
+    def long_body(n: int) -> str:
+        return f"m{n} " + "\U0001f600" * (1600 - len(f"m{n} "))
+
+    # A linger of a minute: batches close at 1,000 messages (or the end of input), never early.
+    run = await run_pipeline(
+        emu, tmp_path, lines=lines, body=long_body, batch_size=1000, linger_ms=60_000
+    )
+    check_delivery(run)
+    splits = run.log.named("payload_too_large_split")
+    assert splits
+    assert all(fields["bytes"] > 5_000_000 for _, fields in splits)
+    assert run.stats["requests_by_status"].get("413", 0) == len(splits)
+    assert "failed" not in run.statuses()
+
+
+async def test_401_aborts_and_leaves_unsent_lines_without_outcome(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """A wrong key is fatal: exit 3, the lines of the refused requests `failed`, and the lines
+    never sent have no outcome at all (so --resume sends them); nothing reached the ledger."""
+    emu = await emulator()
+    wrong_key = "trk_" + "W" * 32
+    run = await run_pipeline(emu, tmp_path, api_key=wrong_key)
+    assert run.result.exit_code == EXIT_ABORTED
+    assert run.result.aborted
+    assert run.ledger == []
+    sent = [o for o in run.outcomes if o["status"] != "invalid"]
+    assert sent
+    assert {(o["status"], o["code"]) for o in sent} == {("failed", "invalid_api_key")}
+    # At most one request per worker was refused before the run stopped.
+    assert len({o["request"] for o in sent}) <= 8
+    assert len(run.outcomes) < LINES // 2
+    assert len(run.log.named("fatal_service_answer")) == 1
+
+
+# -- a server that answers 413 whatever the size -----------------------------------------------
+
+
+async def test_413_on_a_single_message_fails_it(tmp_path: Path) -> None:
+    """A 413 for one message can't be split further: that line is `failed`, the others go on."""
+    seen: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        payload = await request.json()
+        messages = payload["messages"]
+        seen.append(len(messages))
+        if any("big" in m["body"] for m in messages):
+            return web.json_response(
+                {"error": "Request body exceeds 5000000 bytes", "code": "payload_too_large"},
+                status=413,
+            )
+        return web.json_response({"queued_count": len(messages), "errors": []}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/messages/bulk", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        input_path = tmp_path / "input.ndjson"
+        with input_path.open("wb") as out:
+            for n in range(1, 9):
+                text = "big" if n == 5 else f"m{n}"
+                out.write(orjson.dumps({"to_msisdn": f"+1415{n:07d}", "body": text}) + b"\n")
+        settings = replace(
+            Settings(),
+            base_url=f"http://127.0.0.1:{port}/api",
+            sender=V1_LIST,
+            batch_size=8,
+            retries=0,
+            outcomes=str(tmp_path / "outcomes.ndjson"),
+            fsync="off",
+        )
+        log = CapturedLog()
+        sink = FileSink.open_path(settings.outcomes, fsync=False)
+        try:
+            pipeline = Pipeline(
+                settings,
+                api_key=API_KEY,
+                source=read_inputs([str(input_path)]),
+                sink=sink,
+                log=log.logger(),
+            )
+            result = await pipeline.run()
+        finally:
+            sink.close()
+    finally:
+        await runner.cleanup()
+    outcomes = {o["line"]: (o["status"], o.get("code")) for o in read_outcomes(settings.outcomes)}
+    assert outcomes == {
+        n: ("failed", "payload_too_large") if n == 5 else ("queued", None) for n in range(1, 9)
+    }
+    assert seen == [8, 4, 4, 2, 1, 1, 2]  # halves, depth first, until line 5 is alone
+    assert len(log.named("payload_too_large_split")) == 3
+    assert result.exit_code == EXIT_NOT_ALL_QUEUED
+
+
+# -- a bug inside the sender -------------------------------------------------------------------
+
+
+async def test_an_internal_error_in_the_sender_stops_the_run_and_is_raised(
+    emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception that is no service answer (a bug) must not be swallowed: the run stops
+    reading, the requests already answered keep their outcomes, and run() raises the error.
+    The lines of the request it broke get no outcome, so --resume reports them `unknown`."""
+    original = streamsend._retry.classify_response
+
+    def broken_on_request_3(
+        status: int, body: bytes, retry_after: str | None, *, request: int
+    ) -> Any:
+        if request == 3:
+            raise RuntimeError("a bug in the sender")
+        return original(status, body, retry_after, request=request)
+
+    monkeypatch.setattr(streamsend._sender, "classify_response", broken_on_request_3)
+    emu = await emulator()
+    with pytest.raises(RuntimeError, match="a bug in the sender"):
+        await run_pipeline(emu, tmp_path, concurrency=1)
+    outcomes = read_outcomes(str(tmp_path / "outcomes.ndjson"))
+    assert {o["status"] for o in outcomes} <= {"queued", "rejected", "invalid"}
+    requests = {o["request"] for o in outcomes if "request" in o}
+    assert 3 not in requests
+    assert {1, 2} <= requests
+    # It stopped: it didn't go on to send the rest of the input after the error.
+    assert len(read_ledger(emu.ledger_path)) < LINES // 2
