@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import signal
+import stat
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -137,8 +139,16 @@ def _send_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit 2: `send`'s full usage is fifteen lines, which
+    buries the one that says what was wrong. Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="streamsend",
         description="Send SMS at volume through the Trackly bulk API: validated, batched, "
         "paced, retried safely, one outcome per input line.",
@@ -233,6 +243,7 @@ def _send(args: argparse.Namespace) -> int:
         # Outcomes and --resume identify a line by (input, line number): a repeated input would
         # make two lines one.
         raise ConfigError(f"input named more than once: {', '.join(duplicated)}")
+    _check_inputs(inputs)
     if settings.sender is not None:
         problem = sender_problem(settings.api_version, settings.sender)
         if problem:
@@ -249,7 +260,30 @@ def _send(args: argparse.Namespace) -> int:
         resume_state = ResumeState.load(
             settings.outcomes, journal_path, resend_unknown=settings.resend_unknown
         )
+    # Every message is a few GC-tracked tuples that live for milliseconds and form no cycles, so
+    # the default generation-0 threshold (700 allocations) runs a collection every few hundred
+    # messages for nothing; measured on 1M lines, a higher threshold saves ~10% of client CPU.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     return asyncio.run(_run_send(settings, inputs, api_key, resume_state, emulator=args.emulator))
+
+
+def _check_inputs(inputs: Sequence[str]) -> None:
+    """Refuse inputs that can't be read before anything is sent, not after the earlier ones.
+
+    stat and access rather than a trial open: opening a named pipe would wait for its writer.
+    """
+    for path in inputs:
+        if path == "-":
+            continue
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError as exc:
+            raise InputError(f"can't open input {path!r}: {exc.strerror}") from None
+        if is_dir:
+            raise InputError(f"can't open input {path!r}: it is a directory")
+        if not os.access(path, os.R_OK):
+            raise InputError(f"can't open input {path!r}: permission denied")
 
 
 def _check_outcomes_path(settings: Settings, *, resume: bool, overwrite: bool) -> None:

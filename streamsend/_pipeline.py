@@ -68,7 +68,9 @@ class Pipeline:
         self._resume = resume
         self._log = log if log is not None else structlog.get_logger("streamsend")
         self._validator = Validator(
-            api_version=settings.api_version, default_sender=settings.sender
+            api_version=settings.api_version,
+            default_sender=settings.sender,
+            max_line_bytes=settings.max_line_bytes,
         )
         cap_for_sender = self._cap_for_sender
         self._batcher = Batcher(
@@ -198,40 +200,15 @@ class Pipeline:
                 return
 
     async def _take_block(self, block: LineBlock) -> None:
-        """Validate one block of lines, batch the messages, write the other outcomes.
-
-        This loop runs once per input line, so it keeps to locals and defers everything that
-        can be done per block (counting, batching, writing) until after it.
-        """
-        validate = self._validator.validate
-        resume = self._resume
-        source = block.source
-        line_no = block.first_line - 1
+        """Validate one block of lines, batch the messages, write the other outcomes."""
         messages: list[Message] = []
-        keep = messages.append
         others: list[Outcome] = []  # invalid lines, and lines a crashed run left in flight
-        for raw in block.lines:
-            line_no += 1
-            if not raw:
-                if raw is None and (
-                    resume is None or resume.decide(source, line_no) is Decision.SEND
-                ):
-                    others.append(self._line_too_long(source, line_no))
-                continue  # b"": a blank line, no message and no outcome
-            if resume is not None:
-                decision = resume.decide(source, line_no)
-                if decision is not Decision.SEND:
-                    if decision is Decision.MARK_UNKNOWN:
-                        result = validate(source, line_no, raw)
-                        if isinstance(result, Message):
-                            result = _in_flight_at_crash(result)
-                        others.append(result)
-                    continue  # SKIP, WAS_UNKNOWN: an earlier run's outcome stands
-            result = validate(source, line_no, raw)
-            if type(result) is Message:
-                keep(result)
-            elif not raw.isspace():  # a whitespace-only line is a blank line after all
-                others.append(result)  # type: ignore[arg-type]
+        if self._resume is None:
+            self._validator.validate_lines(
+                block.source, block.first_line, block.lines, messages, others
+            )
+        else:
+            self._take_resumed_lines(block, messages, others)
         stats = self.stats
         stats.input_bytes_read += block.nbytes
         stats.lines_read += len(messages) + len(others)
@@ -243,14 +220,27 @@ class Pipeline:
         for batch in self._batcher.add_many(messages, time.monotonic()):
             await self.sender.submit(batch)
 
-    def _line_too_long(self, source: str, line: int) -> Outcome:
-        return Outcome(
-            source,
-            line,
-            Status.INVALID,
-            "line_too_long",
-            f"the line is longer than max_line_bytes ({self.settings.max_line_bytes})",
-        )
+    def _take_resumed_lines(
+        self, block: LineBlock, messages: list[Message], others: list[Outcome]
+    ) -> None:
+        """Like `Validator.validate_lines`, but only for the lines an earlier run left to do."""
+        resume = self._resume
+        assert resume is not None
+        validator = self._validator
+        source = block.source
+        line = block.first_line - 1
+        for raw in block.lines:
+            line += 1
+            decision = resume.decide(source, line)
+            if decision is Decision.SKIP or decision is Decision.WAS_UNKNOWN:
+                continue  # an earlier run's outcome stands
+            if decision is Decision.SEND:
+                validator.validate_lines(source, line, [raw], messages, others)
+                continue
+            # MARK_UNKNOWN: it was in flight when the earlier run stopped.
+            kept: list[Message] = []
+            validator.validate_lines(source, line, [raw], kept, others)
+            others.extend(_in_flight_at_crash(message) for message in kept)
 
     async def _flush_lingering(self) -> None:
         # Polling at a fraction of the linger keeps the lateness of a batch small (a line is on

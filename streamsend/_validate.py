@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 import orjson
@@ -76,8 +77,15 @@ def is_e164(number: str) -> bool:
 class Validator:
     """Turns raw input lines into Messages or `invalid` Outcomes for one API version."""
 
-    def __init__(self, *, api_version: ApiVersion = "v1", default_sender: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        api_version: ApiVersion = "v1",
+        default_sender: str | None,
+        max_line_bytes: int = 64 * 1024,
+    ) -> None:
         self.api_version = api_version
+        self.max_line_bytes = max_line_bytes  # the source enforces it; named in the error
         self.default_sender = default_sender
         self._to_key = b"to_msisdn" if api_version == "v1" else b"to"
         self._sender_field = "from_phone_number_id" if api_version == "v1" else "list_number"
@@ -115,6 +123,66 @@ class Validator:
                     *counted,
                 )
         return self._validate_full(source, line, raw)
+
+    def validate_lines(
+        self,
+        source: str,
+        first_line: int,
+        lines: Sequence[bytes | None],
+        messages: list[Message],
+        others: list[Outcome],
+    ) -> None:
+        """Validate consecutive lines (`lines[i]` is line `first_line + i`), appending Messages
+        to `messages` and `invalid` Outcomes to `others`; blank lines give neither.
+
+        The same as `validate` line by line, with the plain-line case inlined: this loop runs
+        once per input line, and the call and attribute look-ups it saves are about a fifth of
+        validating a plain line.
+        """
+        fullmatch = _PLAIN_LINE.fullmatch if self._fast else None
+        special = ASCII_SEGMENT_SPECIAL
+        template = self._wire_template
+        sender = self._default_sender_str
+        gsm7 = Encoding.GSM7
+        keep = messages.append
+        line = first_line - 1
+        for raw in lines:
+            line += 1
+            if not raw:
+                if raw is None:
+                    others.append(self.line_too_long(source, line))
+                continue  # b"": a blank line, no message and no outcome
+            if fullmatch is not None and (match := fullmatch(raw)) is not None:
+                to, body, ref = match.groups()
+                size = len(body)
+                if len(body.translate(None, special)) == size:
+                    keep(
+                        Message(
+                            source,
+                            line,
+                            to.decode("ascii"),
+                            sender,
+                            template % (to, body),
+                            ref or b"",
+                            1 if size <= 160 else -(-size // 153),
+                            gsm7,
+                        )
+                    )
+                    continue
+            result = self.validate(source, line, raw)
+            if type(result) is Message:
+                keep(result)
+            elif not raw.isspace():  # a whitespace-only line is a blank line after all
+                others.append(result)  # type: ignore[arg-type]
+
+    def line_too_long(self, source: str, line: int) -> Outcome:
+        return Outcome(
+            source,
+            line,
+            Status.INVALID,
+            "line_too_long",
+            f"the line is longer than the limit of {self.max_line_bytes} bytes (max_line_bytes)",
+        )
 
     def _validate_full(self, source: str, line: int, raw: bytes) -> Message | Outcome:
         def invalid(code: str, error: str, ref_json: bytes = b"") -> Outcome:
