@@ -33,6 +33,7 @@ INVALID_CODES = {
     "nul_byte",
     "missing_from",
     "invalid_list_number",
+    "wrong_sender_field",
     "invalid_sender",
 }
 
@@ -146,6 +147,52 @@ def test_any_body_survives_the_round_trip(body: str, api: str) -> None:
     message = as_message(validator.validate("-", 1, raw))
     assert orjson.loads(message.wire)["body"] == body
     assert (message.segments, message.encoding) == count_segments(body)
+
+
+_any_line = st.one_of(
+    plain_lines().map(lambda case: case[3].encode()),
+    plain_lines().map(lambda case: case[4].encode()),
+    st.sampled_from(
+        [
+            b"",
+            b" ",
+            b"\t \t",
+            b"{}",
+            b'{"to_msisdn": "4155551234", "body": "x"}',
+            b'{"to_msisdn": "+14155551234", "body": "`backtick`"}',
+            b'{"to_msisdn": "+14155551234", "body": "caf\xc3\xa9"}',
+            b"\xff",
+        ]
+    ),
+    st.none(),  # a line over the length limit
+    st.binary(max_size=40),
+)
+
+
+@given(lines=st.lists(_any_line, max_size=30), api=st.sampled_from(["v1", "v2"]))
+@settings(max_examples=300, deadline=None)
+def test_validate_lines_is_validate_per_line(lines: list[bytes | None], api: str) -> None:
+    """The block validator (its own inlined fast path) gives, line for line, what `validate`
+    gives: Messages in order, invalid outcomes for the rest, nothing for blank lines and
+    `line_too_long` for the lines the source dropped."""
+    validator = v1() if api == "v1" else v2()
+    messages: list[Message] = []
+    others: list[Outcome] = []
+    validator.validate_lines("in", 10, lines, messages, others)
+
+    expected_messages: list[Message] = []
+    expected_others: list[Outcome] = []
+    for number, raw in enumerate(lines, start=10):
+        if raw is None:
+            expected_others.append(validator.line_too_long("in", number))
+        elif raw.strip(b" \t\r\n\f\v"):
+            result = validator.validate("in", number, raw)
+            if isinstance(result, Message):
+                expected_messages.append(result)
+            else:
+                expected_others.append(result)
+    assert messages == expected_messages
+    assert others == expected_others
 
 
 # -- phone numbers -------------------------------------------------------------------------------
@@ -330,6 +377,18 @@ _NESTED_300 = "[" * 300 + "]" * 300
             b'{"to": "+14155551234", "body": "hi", "list_number": "pn_abc123def456"}',
             "invalid_list_number",
             id="v2-v1-style-sender",
+        ),
+        pytest.param(
+            v2(),
+            b'{"to": "+14155551234", "body": "hi", "from_phone_number_id": "pn_abc"}',
+            "wrong_sender_field",
+            id="v1-sender-field-in-a-v2-run",
+        ),
+        pytest.param(
+            v1(),
+            b'{"to": "+14155551234", "body": "hi", "list_number": "+18005551000"}',
+            "wrong_sender_field",
+            id="v2-sender-field-in-a-v1-run",
         ),
         pytest.param(
             v1(),
