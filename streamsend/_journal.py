@@ -7,7 +7,8 @@ crash at any moment, every line falls in exactly one case:
 - its last outcome is final (queued, rejected, invalid): skip it;
 - its last outcome is `unknown`: skip it, unless --resend-unknown;
 - a request that carried it started after its last outcome and wasn't recorded `unsent`: it may
-  have been accepted, so it gets `unknown` now (sent again only with --resend-unknown);
+  have been accepted, so it gets `unknown` now, an outcome naming that request (sent again only
+  with --resend-unknown);
 - otherwise (no outcome, or `failed`): send it.
 
 Request numbers grow across runs, which is what orders a line's outcome against the requests
@@ -132,6 +133,13 @@ class ResumeState:
             return Decision.SEND
         return decision
 
+    def in_flight_request(self, source: str, line: int) -> int | None:
+        """For a MARK_UNKNOWN line: the request that carried it when the earlier run stopped."""
+        state = self.sources.get(source)
+        if state is None or line >= len(state.last_request) or not state.last_request[line]:
+            return None
+        return state.last_request[line]
+
     def counts(self) -> dict[str, int]:
         totals = {d.name.lower(): 0 for d in Decision}
         for state in self.sources.values():
@@ -186,6 +194,9 @@ class ResumeState:
                         state.ensure(line)
                         if state.last_request[line] < request:
                             state.decisions[line] = Decision.MARK_UNKNOWN
+                            # The `unknown` outcome written for it names this request, which
+                            # orders it after this start record when the next resume reads both.
+                            state.last_request[line] = request
         resume.next_request = highest + 1
         return resume
 

@@ -240,7 +240,8 @@ class Pipeline:
             # MARK_UNKNOWN: it was in flight when the earlier run stopped.
             kept: list[Message] = []
             validator.validate_lines(source, line, [raw], kept, others)
-            others.extend(_in_flight_at_crash(message) for message in kept)
+            request = resume.in_flight_request(source, line)
+            others.extend(_in_flight_at_crash(message, request) for message in kept)
 
     async def _flush_lingering(self) -> None:
         # Polling at a fraction of the linger keeps the lateness of a batch small (a line is on
@@ -252,7 +253,10 @@ class Pipeline:
                 await self.sender.submit(batch)
 
 
-def _in_flight_at_crash(message: Message) -> Outcome:
+def _in_flight_at_crash(message: Message, request: int | None) -> Outcome:
+    # The outcome names the request the line was in flight with: request numbers are what
+    # orders an outcome against the journal's start records, so without it the next resume
+    # would take the line for in flight again and report it unknown once more.
     return Outcome(
         message.source,
         message.line,
@@ -263,7 +267,7 @@ def _in_flight_at_crash(message: Message) -> Outcome:
         message.to,
         message.ref_json,
         0,
-        None,
+        request,
         message.sender,
         message.segments,
         message.encoding,
