@@ -80,37 +80,55 @@ class OutcomeEncoder:
         return b"".join(parts)
 
     def encode_batch(self, result: BatchOutcome) -> bytes:
-        """Encode a request's outcomes: one `%` format per message from a per-request template.
+        """Encode a request's outcomes: one `%` format per message from per-request templates.
 
         Everything the messages of one request share (source, status, code, attempts, request,
-        sender) is baked into the template once; only line, recipient, ref and segments vary.
+        sender) is baked into two templates once, one for messages with a `ref` and one
+        without; only line, recipient, ref, segments and encoding vary per message.
         """
+        messages = result.messages
+        if not messages:
+            return b""
+        encoding_bytes = _ENCODING_BYTES
+        source = messages[0].source
+        if not result.rejections and messages[-1].source == source:
+            # The usual request: one input, nothing refused. (Inputs are read one after another
+            # and never named twice, so equal sources at both ends mean one source throughout.)
+            with_ref, without_ref = self._batch_templates(result, source)
+            return b"".join(
+                [
+                    with_ref
+                    % (m.line, m.to.encode(), m.ref_json, m.segments, encoding_bytes[m.encoding])
+                    if m.ref_json
+                    else without_ref
+                    % (m.line, m.to.encode(), m.segments, encoding_bytes[m.encoding])
+                    for m in messages
+                ]
+            )
         rejections = result.rejections or {}
         lines: list[bytes] = []
-        append = lines.append
-        template = b""
-        template_source = None
-        encoding_bytes = _ENCODING_BYTES
-        for index, m in enumerate(result.messages):
+        templates_source = None
+        for index, m in enumerate(messages):
             if index in rejections:
-                append(self.encode([result.outcome_at(index)]))
+                lines.append(self.encode([result.outcome_at(index)]))
                 continue
-            if m.source is not template_source:
-                template_source = m.source
-                template = self._batch_template(result, m.source)
-            append(
-                template
-                % (
+            if m.source != templates_source:
+                templates_source = m.source
+                with_ref, without_ref = self._batch_templates(result, m.source)
+            if m.ref_json:
+                line = with_ref % (
                     m.line,
                     m.to.encode(),
-                    b',"ref":' + m.ref_json if m.ref_json else b"",
+                    m.ref_json,
                     m.segments,
                     encoding_bytes[m.encoding],
                 )
-            )
+            else:
+                line = without_ref % (m.line, m.to.encode(), m.segments, encoding_bytes[m.encoding])
+            lines.append(line)
         return b"".join(lines)
 
-    def _batch_template(self, result: BatchOutcome, source: str) -> bytes:
+    def _batch_templates(self, result: BatchOutcome, source: str) -> tuple[bytes, bytes]:
         def literal(data: bytes) -> bytes:
             return data.replace(b"%", b"%%")
 
@@ -119,14 +137,12 @@ class OutcomeEncoder:
             status += b',"code":' + self._cached(result.code)
         if result.error is not None:
             status += b',"error":' + orjson.dumps(result.error)
-        shared = b',"attempts":%d,"request":%d,"sender":' % (result.attempts, result.request)
-        return (
-            b'{"line":%d,"source":'
-            + literal(self._cached(source) + status)
-            + b',"to_msisdn":"%b"%b'
-            + literal(shared + self._cached(result.sender))
-            + b',"segments":%d,"encoding":"%b"}\n'
+        head = (
+            b'{"line":%d,"source":' + literal(self._cached(source) + status) + b',"to_msisdn":"%b"'
         )
+        shared = b',"attempts":%d,"request":%d,"sender":' % (result.attempts, result.request)
+        tail = literal(shared + self._cached(result.sender)) + b',"segments":%d,"encoding":"%b"}\n'
+        return head + b',"ref":%b' + tail, head + tail
 
 
 class FileSink:
