@@ -364,7 +364,12 @@ async def _run_send(
                 raise ConfigError(
                     f"can't open --outcomes {settings.outcomes}: {exc.strerror}"
                 ) from None
-        journal = Journal(journal_path, fsync=fsync) if journal_path else None
+        try:
+            journal = Journal(journal_path, fsync=fsync) if journal_path else None
+        except OSError as exc:
+            if settings.outcomes != "-":
+                sink.close()
+            raise ConfigError(f"can't open the journal {journal_path}: {exc.strerror}") from None
         stats = RunStats()
         stats.input_bytes_total = total_input_bytes(inputs)
         log.info("start", config=settings.redacted(), inputs=inputs, emulator=emulator or None)
