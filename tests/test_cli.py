@@ -228,6 +228,18 @@ def test_unreadable_input_is_refused_before_sending(
     assert not outcomes.exists() or outcomes.read_bytes() == b""
 
 
+@pytest.mark.parametrize("flag", ["--outcomes", "--journal"])
+def test_unwritable_outcomes_or_journal(module: Run, tmp_path: Path, flag: str) -> None:
+    """An outcomes or journal path in a directory that doesn't exist: exit 2, one line naming
+    the path, no traceback."""
+    (tmp_path / "in.ndjson").write_bytes(GOOD_LINE)
+    paths = {"--outcomes": "out.ndjson", "--journal": "out.journal"}
+    paths[flag] = "no-such-dir/file"
+    args = ["--outcomes", paths["--outcomes"], "--journal", paths["--journal"], "in.ndjson"]
+    result = module("send", "--emulator", *args)
+    assert_usage_error(result, "no-such-dir/file")
+
+
 def test_duplicate_input_is_refused(module: Run, tmp_path: Path) -> None:
     """The same input twice would make two lines one outcome: exit 2."""
     (tmp_path / "in.ndjson").write_bytes(GOOD_LINE)
