@@ -605,7 +605,8 @@ def test_slow_stdin_reaches_the_service_while_stdin_is_open(
     emulator_process: EmulatorProcess, tmp_path: Path
 ) -> None:
     """Lines written one at a time to stdin, which stays open, each reach the service's ledger
-    before the next is written; closing stdin ends the run promptly with exit 0."""
+    (and their outcome the outcomes file) before the next is written; closing stdin ends the
+    run promptly with exit 0."""
     process = subprocess.Popen(
         [
             *STREAMSEND,
@@ -636,6 +637,11 @@ def test_slow_stdin_reaches_the_service_while_stdin_is_open(
                 assert time.monotonic() < deadline, f"line {n} never reached the service"
                 time.sleep(0.02)
             assert emulator_process.ledger_records()[-1]["body"] == f"trickle {n}"
+            # Outcomes are flushed once per request, not held until the end of input.
+            outcomes_file = tmp_path / "out.ndjson"
+            while not outcomes_file.exists() or len(read_outcomes(outcomes_file)) < n:
+                assert time.monotonic() < deadline, f"line {n}'s outcome was not flushed"
+                time.sleep(0.02)
         assert process.poll() is None  # still running: stdin is open
 
         process.stdin.close()
