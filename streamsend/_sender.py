@@ -251,6 +251,10 @@ class Sender:
                 async with self._in_flight:
                     if not journaled and self._journal is not None:
                         self._journal.record_start(request, messages)
+                        # Journaled from here on: a cancellation during the fsync just below
+                        # must still record the request `unsent` (see the CancelledError
+                        # handler), or resume would take its lines for in flight.
+                        journaled = True
                         await self._journal.sync()
                     journaled = True
                     self._stats.in_flight += 1
