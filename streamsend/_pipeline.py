@@ -143,8 +143,10 @@ class Pipeline:
                     await self.sender.submit(batch)
                 await self._drain()
             finally:
-                for task in (reader, linger, stop_wait, abort_wait):
+                helpers = (reader, linger, stop_wait, abort_wait)
+                for task in helpers:
                     task.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
                 await self._sink.flush()
         if self.sender.crashed is not None:
             raise self.sender.crashed
@@ -166,27 +168,36 @@ class Pipeline:
         """Wait for requests in flight; once stopping, for at most drain_timeout; at a second
         signal, not at all."""
         drain = asyncio.create_task(self.sender.drain())
-        if not self._stop_requests:
-            stop = asyncio.create_task(self._stopping.wait())
-            await asyncio.wait([drain, stop], return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-        if not drain.done() and self._stop_requests == 1:
-            second = asyncio.create_task(self._second_stop())
-            await asyncio.wait(
-                [drain, second],
-                timeout=self.settings.drain_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not drain.done() and not second.done():
-                self._log.warning("drain_timeout", drain_timeout=self.settings.drain_timeout)
-            second.cancel()
-        if not drain.done():
-            # Requests still in flight are abandoned: their lines are reported `unknown` when
-            # they were transmitted, and journaled `unsent` (for --resume) when not.
-            await self.sender.cancel()
-            drain.cancel()
-            self._not_all_queued = True
-        await asyncio.gather(drain, return_exceptions=True)
+        waiters: list[asyncio.Task[Any]] = []
+        try:
+            if not self._stop_requests:
+                stop = asyncio.create_task(self._stopping.wait())
+                waiters.append(stop)
+                await asyncio.wait([drain, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not drain.done() and self._stop_requests == 1:
+                second = asyncio.create_task(self._second_stop())
+                waiters.append(second)
+                await asyncio.wait(
+                    [drain, second],
+                    timeout=self.settings.drain_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not drain.done() and not second.done():
+                    self._log.warning("drain_timeout", drain_timeout=self.settings.drain_timeout)
+            if not drain.done():
+                # Requests still in flight are abandoned: their lines are reported `unknown`
+                # when they were transmitted, and journaled `unsent` (for --resume) when not.
+                await self.sender.cancel()
+                drain.cancel()
+                self._not_all_queued = True
+        finally:
+            # Also when run() itself is cancelled in one of the waits above: no helper task
+            # may outlive the drain (a stop waiter would otherwise wait for ever).
+            for task in waiters:
+                task.cancel()
+            if not drain.done():
+                drain.cancel()
+            await asyncio.gather(drain, *waiters, return_exceptions=True)
 
     async def _second_stop(self) -> None:
         while self._stop_requests < 2:
