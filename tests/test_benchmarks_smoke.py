@@ -1,0 +1,168 @@
+"""The benchmark harness's pieces run and produce well-formed results (behaviour, never timing).
+
+One tiny end-to-end run (loopback, paced and trickle on ~2,000 messages, one round each) against
+a real emulator process, plus the analysis functions on made-up numbers whose answers are known.
+No assertion here depends on how fast anything ran.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import _report as report
+from benchmarks.__main__ import run_benchmarks
+from benchmarks._analysis import Arrival, arrivals_from_ledger, paced_accuracy, percentile
+from benchmarks._profile import parse_collapsed, render
+from benchmarks._scenarios import Plan
+from benchmarks._tools import Tool, check_run
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One tiny harness run, shared by the tests that read its results."""
+    root = tmp_path_factory.mktemp("bench")
+    plan = Plan(
+        mode="smoke",
+        data_dir=root / "data",
+        messages=2_000,
+        wan_messages=2_000,
+        runs=1,
+        paced_rate=2_000,
+        paced_seconds=1.0,
+        trickle_lines=5,
+        trickle_interval_s=0.02,
+        trickle_linger_ms=20,
+        memory_small=100,
+        memory_large=1_000,
+        timeout_s=120,
+        log=lambda line: None,
+    )
+    results = run_benchmarks(plan, ["loopback", "paced", "trickle"], root / "results")
+    results["_root"] = str(root)
+    return results
+
+
+def test_every_tool_completes_a_checked_loopback_run(tiny_results: dict[str, Any]) -> None:
+    """Each tool's run passes the outcome and emulator checks and gets figures."""
+    loopback = tiny_results["scenarios"]["loopback"]
+    assert set(loopback["tools"]) == {tool.value for tool in Tool}
+    for tool, figures in loopback["tools"].items():
+        assert figures["failures"] == [], tool
+        assert figures["ok_runs"] == 1
+        assert figures["messages_per_s"]["median"] > 0
+        assert figures["cpu_us_per_message"]["median"] > 0
+        assert figures["peak_rss_mib"] > 0
+        assert figures["request_latency_ms"]["requests"] >= 2  # 2,000 messages: 2 requests
+        assert figures["startup"]["lines"] == 100
+    assert set(loopback["streamsend_vs"]) == {"docs_requests", "minimal_asyncio"}
+
+
+def test_paced_and_trickle_report_their_figures(tiny_results: dict[str, Any]) -> None:
+    """The paced run yields a rate from the ledger; the trickle run a latency for every line."""
+    scenarios = tiny_results["scenarios"]
+    paced = scenarios["paced"]
+    assert paced["failures"] == []
+    assert paced["target_per_s"] == 2_000
+    assert paced["achieved_per_s"]["median"] > 0
+    assert paced["max_excess_batches"] is not None
+    trickle = scenarios["trickle"]
+    assert trickle["failures"] == []
+    assert trickle["line_latency_ms"]["lines"] == 5
+    assert 0 <= trickle["share_within_bound"] <= 1
+
+
+def test_results_render_as_table_json_and_chart(
+    tiny_results: dict[str, Any], tmp_path: Path
+) -> None:
+    """The table names every tool; the JSON round-trips; the chart is a PNG file."""
+    table = report.format_table(tiny_results)
+    for tool in Tool:
+        assert tool.value in table
+    assert "paced:" in table
+    assert "trickle:" in table
+    report.write_json(tiny_results, tmp_path / "latest.json")
+    document = json.loads((tmp_path / "latest.json").read_text())
+    assert document["machine"]["cpu_count"] >= 1
+    assert {"date", "git", "scenarios"} <= set(document)
+    report.write_chart(tiny_results, tmp_path / "latest.png")
+    assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    raw = list((Path(tiny_results["_root"]) / "data").glob("results-*.json"))
+    assert len(raw) == 1
+
+
+def test_a_run_with_missing_outcomes_is_failed(tmp_path: Path) -> None:
+    """A run is failed, with the reason, when its outcomes or the emulator's count fall short."""
+    outcomes = tmp_path / "out.ndjson"
+    outcomes.write_bytes(b'{"status":"queued"}\n' * 3)
+
+    def problem(expected: int, queued_delta: int, exit_code: int = 0) -> str | None:
+        return check_run(
+            exit_code=exit_code,
+            timed_out=False,
+            outcomes=outcomes,
+            expected=expected,
+            queued_delta=queued_delta,
+        )
+
+    assert problem(3, 3) is None
+    assert "3 outcome lines for 4 input lines" in str(problem(4, 4))
+    assert "the emulator queued 2 messages" in str(problem(3, 2))
+    assert "exit status 1" in str(problem(3, 3, exit_code=1))
+
+
+def test_paced_accuracy_of_a_perfect_schedule() -> None:
+    """Batches of 100 every 0.1 s are exactly 1,000/s and never exceed any 1 s window."""
+    arrivals = [Arrival(i + 1, 1000.0 + i * 0.1, 100) for i in range(50)]
+    figures = paced_accuracy(arrivals, target_per_s=1000, batch=100)
+    assert figures["achieved_per_s"] == pytest.approx(1000)
+    assert figures["error_pct"] == pytest.approx(0, abs=1e-6)
+    assert figures["max_excess_batches"] == pytest.approx(0)
+
+
+def test_paced_accuracy_sees_a_burst() -> None:
+    """Two extra batches at once show up as two batches of excess in the worst window."""
+    arrivals = [Arrival(i + 1, 1000.0 + i * 0.1, 100) for i in range(50)]
+    arrivals.insert(20, Arrival(99, arrivals[20].t, 200))
+    figures = paced_accuracy(arrivals, target_per_s=1000, batch=100)
+    assert figures["max_excess_batches"] == pytest.approx(2)
+
+
+def test_ledger_lines_group_into_requests() -> None:
+    """Ledger lines are counted per request and ordered by arrival."""
+    ledger = b"".join(
+        b'{"list":"pn","to":"+1","body":"b","request":%d,"t":%s,"api":"v1"}\n' % (r, t)
+        for r, t in ((2, b"5.5"), (1, b"5.0"), (2, b"5.5"))
+    )
+    assert arrivals_from_ledger(ledger) == [Arrival(1, 5.0, 1), Arrival(2, 5.5, 2)]
+
+
+def test_percentile_interpolates() -> None:
+    """p50 of 1..5 is 3, p99 lies just under the maximum, nothing gives None."""
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.99) == pytest.approx(4.96)
+    assert percentile([], 0.5) is None
+
+
+def test_profile_summary_from_collapsed_stacks() -> None:
+    """Only the event loop's busy samples count: self time to the leaf, inclusive to each frame."""
+    main = "_run_module_as_main (<frozen runpy>:198);loop (app.py:5)"
+    stacks = [
+        f"{main};parse (app.py:9) 3",
+        f"{main};parse (app.py:10);0x7f00 (libc.so.6) 1",
+        f"{main};step (app.py:6) 1",
+        f"{main};EpollSelector.select (selectors.py:468);epoll_wait (libc.so.6) 7",
+        "thread_run (libpython3.11.so);_worker (thread.py:83);_queue_SimpleQueue_get (q.c) 9",
+    ]
+    profile = parse_collapsed(stacks)
+    assert profile.total == 5
+    assert profile.self_time["parse (app.py)"] == 3
+    assert profile.self_time["[unresolved native] (libc.so.6)"] == 1
+    assert profile.inclusive["parse (app.py)"] == 4
+    assert profile.threads["event loop thread: waiting in epoll"] == 7
+    assert profile.threads["worker threads: waiting for work"] == 9
+    text = render(profile, ["header"])
+    assert "60.0%  parse (app.py)" in text
