@@ -31,6 +31,7 @@ import orjson
 from streamsend._exceptions import ConfigError, InputError, StreamsendError
 from streamsend._models import Encoding, Message
 from streamsend._source import DEFAULT_MAX_LINE_BYTES, read_inputs
+from streamsend._usage import OneLineParser
 from streamsend._validate import ApiVersion, Validator, sender_problem
 
 #: Stands in for a missing `--from` under v1, where any non-empty ID is well-formed: the check
@@ -258,7 +259,7 @@ def _price(text: str) -> Decimal:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="streamsend check",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,

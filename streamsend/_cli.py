@@ -18,7 +18,7 @@ import signal
 import stat
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 
@@ -29,6 +29,7 @@ from streamsend._outcomes import FileSink
 from streamsend._pipeline import EXIT_USAGE, Pipeline
 from streamsend._source import read_inputs, total_input_bytes
 from streamsend._stats import RunStats
+from streamsend._usage import OneLineParser
 from streamsend._validate import sender_problem
 
 _SEND_EPILOG = """\
@@ -139,16 +140,8 @@ def _send_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr, exit 2: `send`'s full usage is fifteen lines, which
-    buries the one that says what was wrong. Subparsers inherit the class."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="streamsend",
         description="Send SMS at volume through the Trackly bulk API: validated, batched, "
         "paced, retried safely, one outcome per input line.",

@@ -7,7 +7,6 @@ and prints the outcome summary. Nothing leaves the machine.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import sys
@@ -16,6 +15,8 @@ import time
 from collections.abc import Sequence
 
 import orjson
+
+from streamsend._usage import OneLineParser
 
 _NAMES = ("Ana", "Bo", "Chidi", "Dana", "Émile", "Farah", "Goran", "Hana", "Ivo", "Júlia")
 _BAD_LINES = (
@@ -45,7 +46,7 @@ def write_campaign(path: str, messages: int) -> None:
 
 
 def demo_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="streamsend demo",
         description="Send a sample campaign through the built-in Trackly emulator and print "
         "the outcome summary.",

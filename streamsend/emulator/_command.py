@@ -23,8 +23,8 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import NoReturn
 
+from streamsend._usage import OneLineParser
 from streamsend.emulator._app import run_emulator
 from streamsend.emulator._config import (
     EmulatorConfig,
@@ -37,13 +37,6 @@ from streamsend.emulator._config import (
 
 PROG = "streamsend emulator"
 API_KEY_ENV = "TRACKLY_API_KEY"
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line on stderr (exit 2), not usage + error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _flag_type(parse: Callable[[str], float]) -> Callable[[str], float]:
@@ -69,7 +62,7 @@ def _list_rate(text: str) -> tuple[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser (its --help is the command's documentation)."""
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=PROG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
