@@ -22,7 +22,7 @@ import structlog
 
 from streamsend._batcher import Batcher
 from streamsend._journal import Decision, Journal, ResumeState
-from streamsend._models import Message, Outcome, Status
+from streamsend._models import Batch, Message, Outcome, Status
 from streamsend._outcomes import OutcomeSink
 from streamsend._retry import Backoff
 from streamsend._sender import Sender, SenderSettings, batch_cap_for_rate
@@ -105,6 +105,10 @@ class Pipeline:
         self._stop_requests = 0
         self._stopping = asyncio.Event()
         self._not_all_queued = False
+        # Batches the batcher closed but the sender hasn't taken yet, because the task handing
+        # them over was cancelled while submit() waited for room (reading ended or stopped).
+        # They are batched all the same, so run() sends them before the batcher's open ones.
+        self._unsubmitted: list[Batch] = []
 
     def _cap_for_sender(self, sender: str) -> int:
         return batch_cap_for_rate(self.settings.rate_for(sender), self.settings.batch_size)
@@ -137,10 +141,11 @@ class Pipeline:
                     read_error = reader.exception()
                 linger.cancel()
                 await asyncio.gather(linger, return_exceptions=True)
-                for batch in self._batcher.flush_all():
+                for batch in [*self._unsubmitted, *self._batcher.flush_all()]:
                     if self.sender.aborted.is_set():
                         break
                     await self.sender.submit(batch)
+                self._unsubmitted.clear()
                 await self._drain()
             finally:
                 helpers = (reader, linger, stop_wait, abort_wait)
@@ -228,8 +233,17 @@ class Pipeline:
             for outcome in others:
                 stats.count_outcome(outcome.status.value, outcome.sender)
             await self._sink.flush()
-        for batch in self._batcher.add_many(messages, time.monotonic()):
-            await self.sender.submit(batch)
+        await self._submit_all(self._batcher.add_many(messages, time.monotonic()))
+
+    async def _submit_all(self, batches: list[Batch]) -> None:
+        """Hand batches to the sender; keep those a cancellation leaves in hand for run()."""
+        for i, batch in enumerate(batches):
+            try:
+                await self.sender.submit(batch)
+            except asyncio.CancelledError:
+                # submit() enqueues nothing when cancelled: this batch and the rest are ours.
+                self._unsubmitted.extend(batches[i:])
+                raise
 
     def _take_resumed_lines(
         self, block: LineBlock, messages: list[Message], others: list[Outcome]
@@ -260,8 +274,7 @@ class Pipeline:
         interval = max(0.001, min(self._batcher.linger / 5, 0.02))
         while True:
             await asyncio.sleep(interval)
-            for batch in self._batcher.flush_due(time.monotonic()):
-                await self.sender.submit(batch)
+            await self._submit_all(self._batcher.flush_due(time.monotonic()))
 
 
 def _in_flight_at_crash(message: Message, request: int | None) -> Outcome:
