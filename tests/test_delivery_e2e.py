@@ -23,10 +23,12 @@ refuses in-band, so `rejected` outcomes and their index mapping are exercised to
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,16 @@ import streamsend._validate
 from streamsend._batcher import Batcher
 from streamsend._config import Settings
 from streamsend._journal import Journal
-from streamsend._outcomes import FileSink
-from streamsend._pipeline import EXIT_ABORTED, EXIT_NOT_ALL_QUEUED, Pipeline, RunResult
-from streamsend._source import read_inputs
+from streamsend._models import Status
+from streamsend._outcomes import FileSink, MemorySink
+from streamsend._pipeline import (
+    EXIT_ABORTED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_ALL_QUEUED,
+    Pipeline,
+    RunResult,
+)
+from streamsend._source import LineBlock, read_inputs
 from streamsend.emulator import FaultConfig, RunningEmulator
 from streamsend.emulator._testing import API_KEY, V1_LIST, EmulatorFactory, read_ledger
 
@@ -551,3 +560,90 @@ async def test_an_internal_error_in_the_sender_stops_the_run_and_is_raised(
     assert {1, 2} <= requests
     # It stopped: it didn't go on to send the rest of the input after the error.
     assert len(read_ledger(emu.ledger_path)) < LINES // 2
+
+
+# -- backpressure: a batch waiting for room is never dropped -----------------------------------
+
+
+@pytest.mark.parametrize("how", ["input-ends", "stop-requested"])
+async def test_a_batch_waiting_for_room_is_sent_when_reading_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A batch closed by the linger (or by the reader) while the sender has no room waits in
+    submit(). When reading ends then, at the end of the input or on a stop, that batch must
+    still be sent: it is "already batched", and its lines would otherwise end with no outcome.
+
+    A service that answers only when the test says so keeps the sender full (a room of 200
+    messages, one request in flight), so the moment is reached deterministically.
+    """
+    monkeypatch.setattr(
+        streamsend._pipeline,
+        "SenderSettings",
+        functools.partial(streamsend._sender.SenderSettings, max_waiting_messages=200),
+    )
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        payload = await request.json()
+        await release.wait()
+        return web.json_response(
+            {"queued_count": len(payload["messages"]), "errors": []}, status=201
+        )
+
+    app = web.Application()
+    app.router.add_post("/api/v1/messages/bulk", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+
+    def block(first: int, count: int) -> LineBlock:
+        lines: list[bytes | None] = [
+            orjson.dumps({"to_msisdn": f"+1415{n:07d}", "body": f"m{n}"})
+            for n in range(first, first + count)
+        ]
+        return LineBlock("in", first, lines, 0)
+
+    pipeline: Pipeline | None = None
+    reading_over = asyncio.Event()
+
+    async def source() -> AsyncIterator[LineBlock]:
+        assert pipeline is not None
+        buffered = pipeline.stats.queue_depth_probes["messages_buffered"]
+        try:
+            yield block(1, 300)  # one request in flight, two batches waiting: the room is full
+            yield block(301, 50)  # half a batch, left to the linger
+            # Until the linger has closed it (and waits for room with it). A probe has no event.
+            while buffered():  # noqa: ASYNC110
+                await asyncio.sleep(0.002)
+            if how == "stop-requested":
+                pipeline.request_stop()
+                await asyncio.sleep(3600)  # reading is stopped by the pipeline, not the input
+        finally:
+            reading_over.set()
+
+    settings = replace(
+        Settings(),
+        base_url=f"http://127.0.0.1:{port}/api",
+        sender=V1_LIST,
+        batch_size=100,
+        concurrency=1,
+        linger_ms=10,
+        fsync="off",
+    )
+    sink = MemorySink()
+    pipeline = Pipeline(settings, api_key=API_KEY, source=source(), sink=sink)
+    try:
+        run = asyncio.create_task(pipeline.run())
+        await reading_over.wait()
+        await asyncio.sleep(0.05)  # the pipeline winds reading down; then the service answers
+        release.set()
+        result = await run
+    finally:
+        release.set()
+        await runner.cleanup()
+    lines = sorted(o.line for o in sink.outcomes)
+    assert lines == list(range(1, 351))
+    assert {o.status for o in sink.outcomes} == {Status.QUEUED}
+    assert result.exit_code == (EXIT_INTERRUPTED if how == "stop-requested" else 0)
