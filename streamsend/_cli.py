@@ -3,7 +3,8 @@
 Every user error (a bad flag, config value, input path or key) ends as one line on stderr and
 exit 2; no traceback reaches a user. Exit codes of `send`: 0 every line queued, 1 the run finished
 but some lines were not queued, 2 usage or config error, 3 aborted by a fatal service answer
-(401, 403, list_not_found), 130 stopped by a signal (SIGINT/SIGTERM) after draining.
+(401, 403, list_not_found), 70 stopped by an unexpected error such as a full disk (one line; the
+traceback goes to the log at debug level), 130 stopped by a signal (SIGINT/SIGTERM) after draining.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ failed | unknown. `unknown` means the request may have been accepted (the answer
 lines are not resent unless you pass --resend-unknown.
 
 Exit codes: 0 all queued; 1 finished, some not queued; 2 usage/config error; 3 aborted by a fatal
-service answer (bad key, suspended account, unknown sending list); 130 stopped by a signal.
+service answer (bad key, suspended account, unknown sending list); 70 stopped by an unexpected
+error (e.g. a full disk: rerun with --resume); 130 stopped by a signal.
 """
 
 
@@ -211,6 +213,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # The disk filled up, a file vanished mid-run...: not a bug, but the run can't go on.
+        return _stopped_by(f"{exc.strerror or exc} ({exc.filename or 'I/O'})", exc)
+    except Exception as exc:  # the last line of defence: no traceback reaches a user
+        return _stopped_by(f"internal error: {type(exc).__name__}: {exc}", exc)
+
+
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
+
+
+def _stopped_by(reason: str, exc: BaseException) -> int:
+    """One line instead of a traceback; the traceback goes to the log at debug level."""
+    from streamsend._logs import get_logger, redact
+
+    get_logger("streamsend").debug("stopped_by_error", exc_info=exc)
+    print(
+        f"streamsend: error: {redact(reason)}; the outcomes and the journal written so far are "
+        "kept: fix the cause and rerun with --resume",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
 
 
 def _config_show(args: argparse.Namespace) -> int:

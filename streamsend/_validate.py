@@ -241,6 +241,8 @@ class Validator:
             ref_json = orjson.dumps(ref) if ref is not None else b""
         except orjson.JSONEncodeError:  # orjson reads deeper nesting than it writes
             return invalid("too_deep", "`ref` is nested too deeply")
+        if isinstance(ref, float):
+            ref_json = _exact_number(raw, ref_json)
 
         # As the service does: `to` is the fallback when `to_msisdn` is absent or null.
         to_value = obj.get("to_msisdn")
@@ -316,6 +318,19 @@ class Validator:
         if len(sender) > 128:
             return "invalid_sender", f"`{self._sender_field}` is longer than 128 characters"
         return None
+
+
+def _exact_number(raw: bytes, encoded: bytes) -> bytes:
+    """The line's `ref` number exactly as the caller wrote it.
+
+    orjson reads integers beyond 64 bits as floats (18446744073709551616 would come back as
+    1.8446744073709552e+19); the stdlib keeps them exact. Only float refs pay for the second parse.
+    """
+    try:
+        exact = json.loads(raw).get("ref")
+        return json.dumps(exact).encode()
+    except (RecursionError, ValueError, AttributeError):
+        return encoded
 
 
 def _has_duplicate_key(raw: bytes) -> bool:
