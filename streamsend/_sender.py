@@ -14,10 +14,11 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -248,7 +249,7 @@ class Sender:
                     return
                 attempts += 1
                 ctx = SimpleNamespace(transmitted=False)
-                async with self._in_flight:
+                async with self._request_slot(lane):
                     if not journaled and self._journal is not None:
                         self._journal.record_start(request, messages)
                         # Journaled from here on: a cancellation during the fsync just below
@@ -326,6 +327,25 @@ class Sender:
         if self._journal is not None:
             self._journal.record_done(request)
 
+    @contextlib.asynccontextmanager
+    async def _request_slot(self, lane: _Lane) -> AsyncIterator[None]:
+        """One of the `concurrency` request slots, for a request of `lane`.
+
+        A 429 for this sender may arrive while we wait for a slot; sending anyway would ignore
+        the pause, so the slot is given back (others may use it) until the pause is over.
+        """
+        while True:
+            await self._in_flight.acquire()
+            pause = lane.paused_until - time.monotonic()
+            if pause <= 0:
+                break
+            self._in_flight.release()
+            await asyncio.sleep(pause)
+        try:
+            yield
+        finally:
+            self._in_flight.release()
+
     async def _wait_for_turn(self, lane: _Lane, amount: int) -> None:
         """Honour the sender's 429 pause, then its rate."""
         waited_from = time.monotonic()
@@ -342,16 +362,7 @@ class Sender:
         """Seconds to wait before the next attempt, or None when this failure is final."""
         retries_left = attempts <= self.settings.retries
         if isinstance(failure, FatalServiceError):
-            if self.fatal is None:
-                self.fatal = failure
-                self._log.error(
-                    "fatal_service_answer",
-                    request=request,
-                    code=failure.code,
-                    status=failure.status,
-                    error=str(failure),
-                )
-            self.aborted.set()
+            self._stop_on(failure, request)
             return None
         if not retries_left:
             return None
@@ -385,6 +396,19 @@ class Sender:
             )
             return delay
         return None  # Refused, or maybe sent without --resend-unknown
+
+    def _stop_on(self, failure: FatalServiceError, request: int) -> None:
+        """A fatal answer: no further request is started (see `aborted`)."""
+        if self.fatal is None:
+            self.fatal = failure
+            self._log.error(
+                "fatal_service_answer",
+                request=request,
+                code=failure.code,
+                status=failure.status,
+                error=str(failure),
+            )
+        self.aborted.set()
 
     async def _attempt(self, body: bytes, request: int, ctx: SimpleNamespace) -> Accepted:
         assert self._session is not None
@@ -436,6 +460,28 @@ class Sender:
     ) -> None:
         size = len(messages)
         rejections = {i: e for i, e in accepted.errors.items() if 0 <= i < size}
+        unknown_list = {i for i, (code, _) in rejections.items() if code == "list_not_found"}
+        if unknown_list and len(rejections) == size:
+            # v2 reports an unknown list number per message, where v1 answers 404. It means the
+            # same (every later request from this number fails too) and is handled the same:
+            # those lines are `failed`, so --resume sends them once the number is fixed, and
+            # the run stops.
+            text = rejections[next(iter(unknown_list))][1]
+            self._write(
+                BatchOutcome(
+                    messages,
+                    Status.FAILED,
+                    request,
+                    attempts,
+                    sender,
+                    "list_not_found",
+                    text,
+                    rejections={i: e for i, e in rejections.items() if i not in unknown_list}
+                    or None,
+                )
+            )
+            self._stop_on(FatalServiceError(text, code="list_not_found", request=request), request)
+            return
         if len(rejections) != len(accepted.errors):
             self._log.warning(
                 "error_index_out_of_range",

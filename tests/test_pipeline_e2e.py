@@ -32,7 +32,7 @@ from streamsend._models import Outcome, Status
 from streamsend._outcomes import FileSink, MemorySink
 from streamsend._pipeline import Pipeline, RunResult
 from streamsend._source import read_inputs
-from tests.conftest import API_KEY, V1_LIST, V2_LIST, EmulatorFactory
+from tests.conftest import API_KEY, V1_LIST, EmulatorFactory
 
 WRONG_KEY = "trk_" + "Wr0ngKeyWr0ngKeyWr0ngKeyWr0ngKey"
 EMOJI_BODY = "😀" * 1600  # 6,400 bytes of UTF-8: 1,000 of these don't fit in 5,000,000 bytes
@@ -239,44 +239,6 @@ async def test_caps_hold_with_emoji_heavy_bodies(emulator: EmulatorFactory, tmp_
     assert stats["messages_queued"] == 4500
     assert emu.ledger_path is not None
     check_ledger(read_ledger(emu.ledger_path), heavy + light)
-
-
-async def test_v2_unknown_list_number_is_rejected_with_the_service_text(
-    emulator: EmulatorFactory, tmp_path: Path
-) -> None:
-    """A v2 line naming a list number that is valid E.164 but unknown to the service passes our
-    validation and is refused in-band: `rejected` with the service's code and text. The other
-    lines are queued, and the run exits 1."""
-    emu = await emulator()
-    lines = [
-        Line(
-            orjson.dumps({"to": f"+1415557{n:04d}", "body": f"v2 {n}"}),
-            "queued",
-            to=f"+1415557{n:04d}",
-            body=f"v2 {n}",
-        )
-        for n in range(20)
-    ]
-    unknown = Line(
-        orjson.dumps({"to": "+14155579999", "body": "nobody", "list_number": "+18005550000"}),
-        "rejected",
-        "list_not_found",
-    )
-    lines[7] = lines[13] = unknown
-    source = tmp_path / "v2.ndjson"
-    write_lines(source, lines)
-    settings = settings_for(emu.base_url, tmp_path, api_version="v2", sender=V2_LIST)
-
-    result = await run_in_process(settings, [str(source)])
-
-    assert (result.exit_code, result.aborted) == (1, False)
-    outcomes = read_outcomes(tmp_path / "outcomes.ndjson")
-    check_outcomes(outcomes, lines, str(source))
-    rejected = [o for o in outcomes if o["status"] == "rejected"]
-    assert {o["line"] for o in rejected} == {8, 14}
-    assert {o["error"] for o in rejected} == {"List number not found"}
-    assert emu.ledger_path is not None
-    check_ledger(read_ledger(emu.ledger_path), lines)
 
 
 async def test_wrong_key_aborts_and_leaves_later_lines_without_outcome(

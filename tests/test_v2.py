@@ -34,7 +34,13 @@ from aiohttp import web
 from streamsend._config import Settings
 from streamsend._models import Outcome, Status
 from streamsend._outcomes import MemorySink
-from streamsend._pipeline import EXIT_NOT_ALL_QUEUED, EXIT_OK, Pipeline, lines_from
+from streamsend._pipeline import (
+    EXIT_ABORTED,
+    EXIT_NOT_ALL_QUEUED,
+    EXIT_OK,
+    Pipeline,
+    lines_from,
+)
 from streamsend.emulator import RunningEmulator
 from streamsend.emulator._testing import (
     API_KEY,
@@ -232,12 +238,14 @@ async def test_v2_run_sends_to_list_number_body_and_passes_contact_data_through(
     ]
 
 
-async def test_v2_unknown_list_number_is_rejected_per_message_with_the_service_code(
+async def test_v2_unknown_list_number_fails_the_lines_and_stops_the_run_like_v1(
     emulator: EmulatorFactory,
 ) -> None:
     """A line naming an E.164 list number the service doesn't have passes our validator; v2
-    answers it in-band (201, `list_not_found`), so that line is `rejected` with the service's
-    code and text, the other lines are queued, and the run goes on (exit 1, not aborted)."""
+    answers it in-band (201, `list_not_found` on every message), which means what v1's 404
+    means: the line is `failed` with the service's code and text (so `--resume` sends it once
+    the number is fixed, where `rejected` would be final), and the run stops with exit 3. Lines
+    of the good sender are queued or, if the stop came first, have no outcome (never both)."""
     emu = await emulator()
     lines = [
         line(to="+14155550001", body="one"),
@@ -247,17 +255,22 @@ async def test_v2_unknown_list_number_is_rejected_per_message_with_the_service_c
 
     code, outcomes, _ = await run_pipeline(emu.base_url, lines)
 
-    assert code == EXIT_NOT_ALL_QUEUED
-    rejected = outcomes[2]
-    assert (rejected.status, rejected.code, rejected.sender) == (
-        Status.REJECTED,
+    assert code == EXIT_ABORTED
+    failed = outcomes[2]
+    assert (failed.status, failed.code, failed.sender) == (
+        Status.FAILED,
         "list_not_found",
         UNKNOWN_LIST,
     )
-    assert rejected.error == "List number not found"
-    assert outcomes[1].status is Status.QUEUED
-    assert outcomes[3].status is Status.QUEUED
-    assert sorted(r["to"] for r in read_ledger(emu.ledger_path)) == ["+14155550001", "+14155550003"]
+    assert failed.error == "List number not found"
+    ledger = {r["to"] for r in read_ledger(emu.ledger_path)}
+    for number, to in ((1, "+14155550001"), (3, "+14155550003")):
+        if number in outcomes:
+            assert outcomes[number].status is Status.QUEUED
+            assert to in ledger
+        else:
+            assert to not in ledger
+    assert "+14155550002" not in ledger
 
 
 async def test_v2_to_that_cannot_be_normalised_is_refused_locally_and_never_sent(
