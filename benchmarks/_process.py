@@ -1,15 +1,20 @@
 """Running one measured child process: wall time, CPU time, peak RSS and page faults.
 
-The child is reaped with `os.wait4`, whose rusage covers exactly that process (all its threads,
-none of its siblings), so two tools measured one after the other never share a CPU figure. Its
-stdout is discarded and its stderr goes to a log file, so a chatty child can never block on a
-full pipe while we wait for it.
+The command is started by `_measure_child`, a bare interpreter that spawns it, reaps it with
+`os.wait4` (whose rusage covers exactly that process and all its threads) and hands back the
+figures. It is not started straight from here because a child's `ru_maxrss` begins at its
+parent's peak RSS (see `_measure_child`), and this process grows as it reads ledgers. The
+child's stdout is discarded and its stderr goes to a log file, so a chatty child can never block
+on a full pipe while we wait for it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 Feeder = Callable[["subprocess.Popen[bytes]"], None]
+_MEASURE_CHILD = Path(__file__).with_name("_measure_child.py")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,25 +52,28 @@ def run_measured(
 ) -> ChildRun:
     """Run `argv` to completion and measure it. `feed` (if any) writes the child's stdin.
 
-    The wall clock runs from just before the fork to the reaping, so it includes the
+    The wall clock runs from just before the spawn to the reaping, so it includes the
     interpreter's start-up and imports: what a user waits for. A child still running after
-    `timeout_s` is killed (and reported with `timed_out`).
+    `timeout_s` is killed, with its measuring parent (and reported with `timed_out`).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path = log_path.with_suffix(".rusage.json")
+    result_path.unlink(missing_ok=True)
+    measure = [sys.executable, "-S", str(_MEASURE_CHILD), str(result_path), "--"]
     with log_path.open("wb") as log:
-        started = time.perf_counter()
         process = subprocess.Popen(
-            list(argv),
+            [*measure, *argv],
             stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
             env=dict(env),
+            start_new_session=True,  # one process group: a timeout kills the child too
         )
         killed = threading.Event()
 
         def kill() -> None:
             killed.set()
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
 
         watchdog = threading.Timer(timeout_s, kill)
         watchdog.start()
@@ -75,23 +84,23 @@ def run_measured(
                 finally:
                     if process.stdin is not None and not process.stdin.closed:
                         process.stdin.close()
-            _, status, usage = os.wait4(process.pid, 0)
+            process.wait()
         except BaseException:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             raise
         finally:
             watchdog.cancel()
-        wall = time.perf_counter() - started
-    # We reaped it ourselves; tell Popen, so it neither waits again nor warns about a live child.
-    process.returncode = os.waitstatus_to_exitcode(status)
+    if not result_path.exists():  # killed before its child ended
+        return ChildRun(process.returncode, timeout_s, 0.0, 0.0, 0, 0, timed_out=True)
+    figures = json.loads(result_path.read_text())
     return ChildRun(
-        exit_code=process.returncode,
-        wall_s=wall,
-        user_s=usage.ru_utime,
-        sys_s=usage.ru_stime,
-        max_rss_kib=usage.ru_maxrss,  # KiB on Linux
-        minor_faults=usage.ru_minflt,
+        exit_code=figures["exit_code"],
+        wall_s=figures["wall_s"],
+        user_s=figures["user_s"],
+        sys_s=figures["sys_s"],
+        max_rss_kib=figures["max_rss_kib"],
+        minor_faults=figures["minor_faults"],
         timed_out=killed.is_set(),
     )
 

@@ -8,6 +8,8 @@ No assertion here depends on how fast anything ran.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from benchmarks import _report as report
 from benchmarks.__main__ import run_benchmarks
 from benchmarks._analysis import Arrival, arrivals_from_ledger, paced_accuracy, percentile
+from benchmarks._process import run_measured
 from benchmarks._profile import parse_collapsed, render
 from benchmarks._scenarios import Plan
 from benchmarks._tools import Tool, check_run
@@ -166,3 +169,14 @@ def test_profile_summary_from_collapsed_stacks() -> None:
     assert profile.threads["worker threads: waiting for work"] == 9
     text = render(profile, ["header"])
     assert "60.0%  parse (app.py)" in text
+
+
+def test_peak_rss_is_the_childs_own(tmp_path: Path) -> None:
+    """A child's peak RSS doesn't include the harness's: Linux starts a child's ru_maxrss at its
+    parent's peak, so the harness starts clients from a small measuring process."""
+    ballast = b"\x01" * (200 << 20)  # written, so every page is resident
+    child = run_measured(
+        [sys.executable, "-c", "pass"], env=os.environ, log_path=tmp_path / "c.log", timeout_s=60
+    )
+    assert child.exit_code == 0
+    assert child.max_rss_kib < 100 * 1024 < len(ballast) // 1024
