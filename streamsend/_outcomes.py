@@ -12,7 +12,6 @@ Promises:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +19,7 @@ from typing import BinaryIO, Protocol
 
 import orjson
 
+from streamsend._journal import GroupSync
 from streamsend._models import BatchOutcome, Encoding, Outcome
 
 _ENCODING_BYTES = {Encoding.GSM7: b"gsm7", Encoding.UCS2: b"ucs2"}
@@ -152,8 +152,8 @@ class FileSink:
         self._file = file
         self._fsync = fsync
         self._encoder = OutcomeEncoder()
-        self._fd = file.fileno()
         self._dirty = False
+        self._group_sync = GroupSync(file.fileno(), quiet=True)
 
     @classmethod
     def open_path(cls, path: str, *, fsync: bool) -> FileSink:
@@ -172,18 +172,20 @@ class FileSink:
             self._dirty = True
 
     async def flush(self) -> None:
-        if not self._dirty:
-            return
-        self._dirty = False
-        self._file.flush()
+        if self._dirty:
+            self._dirty = False
+            self._file.flush()
+            self._group_sync.wrote()
         if self._fsync:
-            # In a thread: an fsync can take milliseconds and must not stall the event loop.
-            await asyncio.to_thread(_sync_quietly, self._fd)
+            # Even when this caller wrote nothing new: another request's sync may still be
+            # under way for lines this caller counts on. A thread and group commit keep the
+            # event loop and the other requests from waiting on each fsync.
+            await self._group_sync.sync()
 
     def close(self) -> None:
         self._file.flush()
         if self._fsync:
-            _sync_quietly(self._fd)
+            self._group_sync.sync_now()
         self._file.close()
 
 
@@ -218,11 +220,6 @@ class MemorySink:
                 return
             self._changed.clear()
             await self._changed.wait()
-
-
-def _sync_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):  # a pipe or a terminal: there is nothing to sync
-        os.fdatasync(fd)
 
 
 def _end_torn_line(file: BinaryIO, path: str) -> None:
