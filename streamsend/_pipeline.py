@@ -103,6 +103,7 @@ class Pipeline:
         self.stats.queue_depth_probes["batches_waiting"] = self.sender.queued_batches
         self.stats.queue_depth_probes["messages_buffered"] = lambda: self._batcher.buffered
         self._stop_requests = 0
+        self._reader_waiting = False  # the reader is handing batches to a full sender
         self._stopping = asyncio.Event()
         self._not_all_queued = False
         # Batches the batcher closed but the sender hasn't taken yet, because the task handing
@@ -233,7 +234,13 @@ class Pipeline:
             for outcome in others:
                 stats.count_outcome(outcome.status.value, outcome.sender)
             await self._sink.flush()
-        await self._submit_all(self._batcher.add_many(messages, time.monotonic()))
+        # While the reader waits for room in the sender, it holds the next lines already: the
+        # linger must not send a partly filled batch then (see _flush_lingering).
+        self._reader_waiting = True
+        try:
+            await self._submit_all(self._batcher.add_many(messages, time.monotonic()))
+        finally:
+            self._reader_waiting = False
 
     async def _submit_all(self, batches: list[Batch]) -> None:
         """Hand batches to the sender; keep those a cancellation leaves in hand for run()."""
@@ -272,9 +279,13 @@ class Pipeline:
         # Polling at a fraction of the linger keeps the lateness of a batch small (a line is on
         # the wire within linger + 20 ms) at the cost of at most 50 cheap wake-ups a second.
         interval = max(0.001, min(self._batcher.linger / 5, 0.02))
+        # A batch is "idle" only while the reader is idle too: when the reader is held up by
+        # backpressure (a paced or slow service), its next lines would fill the batch anyway,
+        # and sending it partly filled only adds requests (about one per block when paced).
         while True:
             await asyncio.sleep(interval)
-            await self._submit_all(self._batcher.flush_due(time.monotonic()))
+            if not self._reader_waiting:
+                await self._submit_all(self._batcher.flush_due(time.monotonic()))
 
 
 def _in_flight_at_crash(message: Message, request: int | None) -> Outcome:
