@@ -243,6 +243,8 @@ def _apply(settings: Settings, values: Mapping[str, object], where: str) -> Sett
         try:
             changes[key] = parser(value)
         except ValueError as exc:
+            if where == "the command line":
+                raise ConfigError(f"--{raw_key.replace('_', '-')}: {exc}") from None
             raise ConfigError(f"{raw_key} in {where}: {exc}") from None
     return replace(settings, **changes)
 

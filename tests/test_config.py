@@ -191,7 +191,7 @@ def test_env_value_error_names_key_and_environment() -> None:
 
 def test_cli_value_error_names_key_and_command_line() -> None:
     """A bad flag value names the key and says it came from the command line."""
-    with pytest.raises(ConfigError, match=r"^concurrency in the command line: .*range"):
+    with pytest.raises(ConfigError, match=r"^--concurrency: .*range"):
         load_settings(env={}, cli={"concurrency": 1000})
 
 
