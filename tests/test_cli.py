@@ -152,7 +152,7 @@ def test_malformed_api_key_is_not_echoed(module: Run, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "needles"),
     [
-        pytest.param(["--batch-size", "5000"], {}, ["batch_size", "command line"], id="flag"),
+        pytest.param(["--batch-size", "5000"], {}, ["--batch-size", "out of range"], id="flag"),
         pytest.param(["--rate", "fast"], {}, ["rate", "fast"], id="flag-rate"),
         pytest.param([], {"STREAMSEND_LINGER_MS": "soon"}, ["linger_ms", "environment"], id="env"),
         pytest.param([], {"STREAMSEND_BATCHSIZE": "5"}, ["batchsize"], id="env-unknown"),
