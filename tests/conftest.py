@@ -1,4 +1,5 @@
-"""Shared fixtures: an in-process Trackly emulator on loopback, and an HTTP client session.
+"""Shared fixtures: an in-process Trackly emulator on loopback, and an HTTP client session;
+and the helpers that several test modules use (import them: `from tests.conftest import ...`).
 
 `emulator` yields a factory, so each test states the configuration it depends on:
 
@@ -22,7 +23,7 @@ import pytest
 from streamsend.emulator import EmulatorConfig, RunningEmulator, run_emulator
 from streamsend.emulator._testing import API_KEY, V1_LIST, V2_LIST, EmulatorFactory
 
-__all__ = ["API_KEY", "V1_LIST", "V2_LIST", "EmulatorFactory"]
+__all__ = ["API_KEY", "V1_LIST", "V2_LIST", "EmulatorFactory", "RecordingLog"]
 
 
 @pytest.fixture
@@ -48,3 +49,29 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """An aiohttp client session, closed after the test."""
     async with aiohttp.ClientSession() as client:
         yield client
+
+
+class RecordingLog:
+    """Stands in for the structlog logger: keeps (level, event, fields) for the assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, object]]] = []
+
+    def bind(self, **fields: object) -> RecordingLog:
+        return self
+
+    def debug(self, event: str, **fields: object) -> None:
+        self.events.append(("debug", event, fields))
+
+    def info(self, event: str, **fields: object) -> None:
+        self.events.append(("info", event, fields))
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.events.append(("warning", event, fields))
+
+    def error(self, event: str, **fields: object) -> None:
+        self.events.append(("error", event, fields))
+
+    def named(self, event: str) -> list[tuple[str, str, dict[str, object]]]:
+        """The recorded entries of this event, in order."""
+        return [entry for entry in self.events if entry[1] == event]

@@ -38,30 +38,9 @@ from streamsend._pipeline import EXIT_OK, Pipeline, lines_from
 from streamsend._progress import summary_fields
 from streamsend.emulator import FaultConfig, RunningEmulator
 from streamsend.emulator._testing import API_KEY, V1_LIST, EmulatorFactory, read_ledger
+from tests.conftest import RecordingLog
 
 RATE_TOLERANCE = 0.05  # the issue's acceptance criterion: within 5% of the limit
-
-
-class RecordingLog:
-    """Stands in for the structlog logger: keeps (level, event, fields) for the assertions."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, object]]] = []
-
-    def bind(self, **fields: object) -> RecordingLog:
-        return self
-
-    def debug(self, event: str, **fields: object) -> None:
-        self.events.append(("debug", event, fields))
-
-    def info(self, event: str, **fields: object) -> None:
-        self.events.append(("info", event, fields))
-
-    def warning(self, event: str, **fields: object) -> None:
-        self.events.append(("warning", event, fields))
-
-    def error(self, event: str, **fields: object) -> None:
-        self.events.append(("error", event, fields))
 
 
 def v1_line(to: str, sender: str | None = None, body: str = "Hello") -> bytes:

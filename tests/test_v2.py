@@ -50,6 +50,7 @@ from streamsend.emulator._testing import (
     post,
     read_ledger,
 )
+from tests.conftest import RecordingLog
 
 OTHER_LIST = "+18005552000"  # a second configured v2 list number
 UNKNOWN_LIST = "+18005559999"  # E.164, so our validator passes it, but no such list exists
@@ -63,31 +64,6 @@ CONTACT = {
 METADATA = {"campaign": "spring", "batch": 7}
 
 Answer = tuple[int, dict[str, Any]]
-
-
-class RecordingLog:
-    """Stands in for the structlog logger: keeps (level, event, fields) for the assertions."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, object]]] = []
-
-    def bind(self, **fields: object) -> RecordingLog:
-        return self
-
-    def debug(self, event: str, **fields: object) -> None:
-        self.events.append(("debug", event, fields))
-
-    def info(self, event: str, **fields: object) -> None:
-        self.events.append(("info", event, fields))
-
-    def warning(self, event: str, **fields: object) -> None:
-        self.events.append(("warning", event, fields))
-
-    def error(self, event: str, **fields: object) -> None:
-        self.events.append(("error", event, fields))
-
-    def named(self, event: str) -> list[tuple[str, str, dict[str, object]]]:
-        return [entry for entry in self.events if entry[1] == event]
 
 
 def line(**fields: object) -> bytes:
