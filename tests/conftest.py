@@ -13,6 +13,7 @@ Every emulator a test starts is stopped when the test ends. The defaults are the
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 from streamsend.emulator import EmulatorConfig, RunningEmulator, run_emulator
 from streamsend.emulator._testing import API_KEY, V1_LIST, V2_LIST, EmulatorFactory
 
-__all__ = ["API_KEY", "V1_LIST", "V2_LIST", "EmulatorFactory", "RecordingLog"]
+__all__ = ["API_KEY", "V1_LIST", "V2_LIST", "EmulatorFactory", "RecordingLog", "clean_env"]
 
 
 @pytest.fixture
@@ -75,3 +76,14 @@ class RecordingLog:
     def named(self, event: str) -> list[tuple[str, str, dict[str, object]]]:
         """The recorded entries of this event, in order."""
         return [entry for entry in self.events if entry[1] == event]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any key or STREAMSEND_* setting of the developer's own, plus
+    `extra`: what a `streamsend` subprocess of a test runs with."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name != "TRACKLY_API_KEY" and not name.startswith("STREAMSEND_")
+    }
+    return {**env, **extra}

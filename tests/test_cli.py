@@ -4,7 +4,6 @@ ending as one clear line on stderr with exit 2 and no traceback; `config show` n
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -13,21 +12,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.conftest import clean_env
+
 KEY = "trk_" + "Cl1Te5tK" * 4  # shaped like a real key: trk_ and 32 letters/digits
 SCRIPT = Path(sys.executable).with_name("streamsend")
 GOOD_LINE = b'{"to_msisdn": "+14155551234", "body": "hi"}\n'
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any key or STREAMSEND_* setting of the developer's own."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name != "TRACKLY_API_KEY" and not name.startswith("STREAMSEND_")
-    }
-    return {**env, **extra}
 
 
 def runner(prefix: Sequence[str], cwd: Path) -> Run:

@@ -10,7 +10,6 @@ neighbour down with it) and a 20 MiB line that must be refused without ever bein
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 import tomllib
@@ -24,6 +23,7 @@ from streamsend._models import Message, Outcome, Status
 from streamsend._source import split_lines
 from streamsend._validate import Validator
 from streamsend.emulator._testing import V1_LIST
+from tests.conftest import clean_env
 
 CORPUS = Path(__file__).parent / "hostile"
 CASES: dict[str, str] = tomllib.loads((CORPUS / "expected.toml").read_text())["cases"]
@@ -101,15 +101,6 @@ sys.exit(code)
 """
 
 
-def _clean_env() -> dict[str, str]:
-    """The environment minus anything that would change the run (settings, a real key)."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("STREAMSEND_") and k != "TRACKLY_API_KEY"
-    }
-
-
 def _run_send(input_path: Path, outcomes: Path) -> tuple[int, str, int]:
     """`streamsend send --emulator`; returns (exit code, stderr, peak RSS in KiB)."""
     proc = subprocess.run(
@@ -127,7 +118,7 @@ def _run_send(input_path: Path, outcomes: Path) -> tuple[int, str, int]:
             "--fsync",
             "off",
         ],
-        env=_clean_env(),
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,7 +13,6 @@ serves them when a test needs a key it knows, `--emulator` when it doesn't.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 from collections import Counter
@@ -26,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamsend.emulator import FaultConfig
 from streamsend.emulator._testing import API_KEY, V1_LIST, EmulatorFactory
+from tests.conftest import clean_env
 
 KEY_SHAPE = re.compile(rb"trk_[A-Za-z0-9]{8,}")
 WRONG_KEY = "trk_" + "Wr0ngKeyWr0ngKeyWr0ngKeyWr0ngKey"
@@ -43,17 +43,6 @@ def _campaign(path: Path, valid: int = 30, invalid: int = 4) -> Path:
     lines.insert(3, b"")
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
-
-
-def _environment(**extra: str) -> dict[str, str]:
-    """The parent's environment minus anything that configures streamsend, plus `extra`."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("STREAMSEND_") and name != "TRACKLY_API_KEY"
-    }
-    env.update(extra)
-    return env
 
 
 async def _send(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[int, bytes, bytes]:
@@ -114,7 +103,7 @@ async def test_emulator_run_at_debug_level_never_shows_the_key(tmp_path: Path) -
             "--batch-size",
             "7",
         ],
-        _environment(),
+        clean_env(),
         tmp_path,
     )
 
@@ -167,7 +156,7 @@ async def test_failing_requests_at_debug_level_never_show_the_key(
             "--retries",
             "2",
         ],
-        _environment(
+        clean_env(
             TRACKLY_API_KEY=API_KEY, STREAMSEND_BACKOFF_BASE="0.01", STREAMSEND_BACKOFF_CAP="0.02"
         ),
         tmp_path,
@@ -204,7 +193,7 @@ async def test_wrong_key_never_shows_either_key(emulator: EmulatorFactory, tmp_p
             "--outcomes",
             str(outcomes),
         ],
-        _environment(TRACKLY_API_KEY=WRONG_KEY),
+        clean_env(TRACKLY_API_KEY=WRONG_KEY),
         tmp_path,
     )
 
@@ -259,7 +248,7 @@ async def test_metrics_scraped_during_a_run_agree_with_the_outcomes(tmp_path: Pa
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=_environment(),
+        env=clean_env(),
         cwd=tmp_path,
     )
     assert process.stdin is not None

@@ -11,7 +11,6 @@ while stdin stays open, and the process exits promptly at EOF.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from streamsend._models import Outcome, Status
 from streamsend._outcomes import FileSink, MemorySink
 from streamsend._pipeline import Pipeline, RunResult
 from streamsend._source import read_inputs
-from tests.conftest import API_KEY, V1_LIST, EmulatorFactory
+from tests.conftest import API_KEY, V1_LIST, EmulatorFactory, clean_env
 
 WRONG_KEY = "trk_" + "Wr0ngKeyWr0ngKeyWr0ngKeyWr0ngKey"
 EMOJI_BODY = "😀" * 1600  # 6,400 bytes of UTF-8: 1,000 of these don't fit in 5,000,000 bytes
@@ -401,15 +400,6 @@ async def test_request_level_error_fails_the_request_and_the_run_goes_on(
 
 
 # -- the CLI in a subprocess, against `streamsend emulator` in another --------------------------
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name != "TRACKLY_API_KEY" and not name.startswith("STREAMSEND_")
-    }
-    return {**env, **extra}
 
 
 @dataclass

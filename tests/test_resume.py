@@ -15,7 +15,6 @@ Every line's body is unique (`m<line>`), which is how a ledger record is traced 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -35,19 +34,11 @@ from streamsend._models import Message
 from streamsend._outcomes import FileSink
 from streamsend._validate import Validator
 from streamsend.emulator._testing import API_KEY, V1_LIST
+from tests.conftest import clean_env
 
 LINES = 12_000
 INVALID_EVERY = 1000
 FINAL = {"queued", "rejected", "invalid"}
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("STREAMSEND_") and k != "TRACKLY_API_KEY"
-    }
-    return env | extra
 
 
 def write_input(path: Path, lines: int = LINES) -> None:
@@ -115,7 +106,7 @@ def emulator_process(tmp_path: Path, *flags: str) -> Iterator[tuple[str, Path]]:
             ],
             stderr=stderr,
             stdout=subprocess.DEVNULL,
-            env=_clean_env(),
+            env=clean_env(),
         )
     try:
         deadline = time.monotonic() + 20
@@ -152,7 +143,7 @@ class Sending:
         self.stdin = stdin
         self.runs = 0
         self.flags = flags
-        self.env = _clean_env(
+        self.env = clean_env(
             TRACKLY_API_KEY=API_KEY,
             STREAMSEND_BASE_URL=base_url,
             STREAMSEND_FROM=V1_LIST,
@@ -496,7 +487,7 @@ def test_in_flight_lines_are_reported_unknown_once_across_resumes(tmp_path: Path
                 "--log-format",
                 "json",
             ],
-            env=_clean_env(),
+            env=clean_env(),
             capture_output=True,
             timeout=60,
             check=False,

@@ -14,7 +14,6 @@ unique (`m<line>`), which is how a ledger record is traced to its line.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -39,17 +38,9 @@ from streamsend._stats import RunStats
 from streamsend._validate import Validator
 from streamsend.emulator import EmulatorConfig, FaultConfig, RunningEmulator, run_emulator
 from streamsend.emulator._testing import API_KEY, V1_LIST
+from tests.conftest import clean_env
 
 # -- helpers: the two processes ----------------------------------------------------------------
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("STREAMSEND_") and k != "TRACKLY_API_KEY"
-    }
-    return env | extra
 
 
 def write_input(path: Path, lines: int) -> None:
@@ -89,7 +80,7 @@ def emulator_process(tmp_path: Path, *flags: str) -> Iterator[tuple[str, Path]]:
             ],
             stderr=stderr,
             stdout=subprocess.DEVNULL,
-            env=_clean_env(),
+            env=clean_env(),
         )
     try:
         deadline = time.monotonic() + 20
@@ -120,7 +111,7 @@ def start_send(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            env=_clean_env(
+            env=clean_env(
                 TRACKLY_API_KEY=API_KEY,
                 STREAMSEND_BASE_URL=base_url,
                 STREAMSEND_FROM=V1_LIST,

@@ -18,7 +18,6 @@ answers come from a small fake service instead, which answers as the v2 docs say
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -50,7 +49,7 @@ from streamsend.emulator._testing import (
     post,
     read_ledger,
 )
-from tests.conftest import RecordingLog
+from tests.conftest import RecordingLog, clean_env
 
 OTHER_LIST = "+18005552000"  # a second configured v2 list number
 UNKNOWN_LIST = "+18005559999"  # E.164, so our validator passes it, but no such list exists
@@ -103,8 +102,6 @@ async def run_cli(
     source = tmp_path / "input.ndjson"
     source.write_bytes(b"\n".join(lines) + b"\n")
     outcomes = tmp_path / "outcomes.ndjson"
-    env = {name: value for name, value in os.environ.items() if not name.startswith("STREAMSEND_")}
-    env["TRACKLY_API_KEY"] = key
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -124,7 +121,7 @@ async def run_cli(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=env,
+        env=clean_env(TRACKLY_API_KEY=key),
     )
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode is not None
