@@ -11,7 +11,6 @@ while stdin stays open, and the process exits promptly at EOF.
 from __future__ import annotations
 
 import dataclasses
-import re
 import subprocess
 import sys
 import time
@@ -31,7 +30,15 @@ from streamsend._models import Outcome, Status
 from streamsend._outcomes import FileSink, MemorySink
 from streamsend._pipeline import Pipeline, RunResult
 from streamsend._source import read_inputs
-from tests.conftest import API_KEY, V1_LIST, EmulatorFactory, clean_env
+from streamsend.emulator._testing import read_ledger
+from tests.conftest import (
+    API_KEY,
+    V1_LIST,
+    EmulatorFactory,
+    EmulatorProcess,
+    clean_env,
+    emulator_subprocess,
+)
 
 WRONG_KEY = "trk_" + "Wr0ngKeyWr0ngKeyWr0ngKeyWr0ngKey"
 EMOJI_BODY = "😀" * 1600  # 6,400 bytes of UTF-8: 1,000 of these don't fit in 5,000,000 bytes
@@ -99,12 +106,6 @@ def write_lines(path: Path, lines: Sequence[Line], *, crlf_every: int = 3) -> No
 
 
 def read_outcomes(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
-def read_ledger(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
@@ -402,53 +403,13 @@ async def test_request_level_error_fails_the_request_and_the_run_goes_on(
 # -- the CLI in a subprocess, against `streamsend emulator` in another --------------------------
 
 
-@dataclass
-class EmulatorProcess:
-    base_url: str
-    ledger: Path
-    process: subprocess.Popen[bytes]
-
-    def ledger_records(self) -> list[dict[str, Any]]:
-        return read_ledger(self.ledger)
-
-    def stats(self) -> dict[str, Any]:
-        import urllib.request
-
-        url = self.base_url.removesuffix("/api") + "/_emulator/stats"
-        with urllib.request.urlopen(url, timeout=PATIENCE_S) as response:
-            stats: dict[str, Any] = orjson.loads(response.read())
-        return stats
-
-
 @pytest.fixture
 def emulator_process(tmp_path: Path) -> Iterator[EmulatorProcess]:
     """`streamsend emulator` on a free port, with a ledger; stopped with SIGTERM (exit 0)."""
-    ledger = tmp_path / "emulator-ledger.ndjson"
-    errors = tmp_path / "emulator-stderr.txt"
-    with errors.open("wb") as stderr:
-        process = subprocess.Popen(
-            [
-                *STREAMSEND,
-                "emulator",
-                *("--port", "0", "--api-key", API_KEY),
-                *("--list", V1_LIST),
-                *("--ledger", str(ledger)),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env=clean_env(),
-        )
-    try:
-        deadline = time.monotonic() + PATIENCE_S
-        while (match := re.search(rb"listening on (\S+)", errors.read_bytes())) is None:
-            assert process.poll() is None, errors.read_text()
-            assert time.monotonic() < deadline, "the emulator did not start"
-            time.sleep(0.02)
-        yield EmulatorProcess(match[1].decode(), ledger, process)
-    finally:
-        process.terminate()
-        assert process.wait(timeout=PATIENCE_S) == 0
+    with emulator_subprocess(tmp_path, start_within_s=PATIENCE_S) as emu:
+        yield emu
+        emu.process.terminate()
+        assert emu.process.wait(timeout=PATIENCE_S) == 0
 
 
 def streamsend_send(

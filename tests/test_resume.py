@@ -15,14 +15,12 @@ Every line's body is unique (`m<line>`), which is how a ledger record is traced 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,95 +32,17 @@ from streamsend._models import Message
 from streamsend._outcomes import FileSink
 from streamsend._validate import Validator
 from streamsend.emulator._testing import API_KEY, V1_LIST
-from tests.conftest import clean_env
+from tests.conftest import (
+    clean_env,
+    emulator_subprocess,
+    ledger_lines,
+    outcome_history,
+    write_numbered_input,
+)
 
 LINES = 12_000
 INVALID_EVERY = 1000
 FINAL = {"queued", "rejected", "invalid"}
-
-
-def write_input(path: Path, lines: int = LINES) -> None:
-    with path.open("wb") as out:
-        for n in range(1, lines + 1):
-            if n % INVALID_EVERY == INVALID_EVERY // 2:
-                out.write(b"{not json\n")
-            else:
-                out.write(orjson.dumps({"to_msisdn": f"+1415{n:07d}", "body": f"m{n}"}) + b"\n")
-
-
-def _line_of(body: str) -> int:
-    return int(body.removeprefix("m"))
-
-
-def ledger_lines(path: Path) -> list[int]:
-    """The input line of every message in the ledger (a record cut off mid-write is skipped)."""
-    if not path.exists():
-        return []
-    lines = []
-    for raw in path.read_bytes().splitlines():
-        try:
-            record = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        lines.append(_line_of(record["body"]))
-    return lines
-
-
-def outcome_history(path: Path) -> dict[int, list[dict[str, Any]]]:
-    """Every outcome of every line, in the order written (a line torn by a kill is no outcome)."""
-    history: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    if not path.exists():
-        return history
-    for raw in path.read_bytes().splitlines():
-        try:
-            record = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        history[record["line"]].append(record)
-    return history
-
-
-@contextmanager
-def emulator_process(tmp_path: Path, *flags: str) -> Iterator[tuple[str, Path]]:
-    """`streamsend emulator` in its own process, with a ledger; yields (base URL, ledger)."""
-    ledger = tmp_path / "ledger.ndjson"
-    log = tmp_path / "emulator.log"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamsend",
-                "emulator",
-                "--port",
-                "0",
-                "--api-key",
-                API_KEY,
-                "--list",
-                V1_LIST,
-                "--ledger",
-                str(ledger),
-                *flags,
-            ],
-            stderr=stderr,
-            stdout=subprocess.DEVNULL,
-            env=clean_env(),
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while "listening on " not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the emulator didn't start"
-            time.sleep(0.02)
-        url = log.read_text().split("listening on ", 1)[1].split()[0]
-        yield url, ledger
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Sending:
@@ -207,7 +127,7 @@ class Sending:
             if feeder is not None:
                 feeder.join(10)
             assert codes[-1] in (0, 1), self.stderr_of(self.runs)
-            history = outcome_history(self.outcomes)
+            history = outcome_history(self.outcomes, skip_torn=True)
             if not any(h[-1]["status"] == "failed" for h in history.values()):
                 return codes
         pytest.fail(f"still lines failed after {max_runs} resumed runs")
@@ -234,14 +154,14 @@ def elapsed(seconds: float) -> Callable[[], bool]:
 def ledger_grew(ledger: Path, by: int) -> Callable[[], bool]:
     """True once `by` more messages were accepted: a request is then being answered (with the
     emulator's latency still to go), so the kill lands on an accepted, unanswered request."""
-    start = len(ledger_lines(ledger))
+    start = len(ledger_lines(ledger, skip_torn=True))
     return lambda: ledger.exists() and ledger.read_bytes().count(b"\n") >= start + by
 
 
 def check_union_of_runs(sending: Sending, ledger: Path, lines: int = LINES) -> dict[str, Any]:
     """The guarantees over all runs (see the module docstring); returns a few counts."""
-    history = outcome_history(sending.outcomes)
-    in_ledger = Counter(ledger_lines(ledger))
+    history = outcome_history(sending.outcomes, skip_torn=True)
+    in_ledger = Counter(ledger_lines(ledger, skip_torn=True))
     assert set(history) == set(range(1, lines + 1)), "some line has no outcome"
     assert set(in_ledger) <= set(history)
     problems = []
@@ -286,15 +206,15 @@ def test_sigkill_at_several_moments_then_resume(tmp_path: Path) -> None:
     """Killed during start-up, right after the service accepted a request, after 1 s and after
     2 s, then resumed to the end: no line lost, no message accepted twice, and the requests the
     kills caught in flight are `unknown` on resume, not resent."""
-    with emulator_process(tmp_path, "--latency-ms", "100") as (url, ledger):
-        sending = Sending(tmp_path, url)
-        write_input(sending.input)
+    with emulator_subprocess(tmp_path, "--latency-ms", "100") as emu:
+        sending = Sending(tmp_path, emu.base_url)
+        write_numbered_input(sending.input, LINES, invalid_every=INVALID_EVERY)
         sending.run_killed(resume=False, when=elapsed(0.2))
-        sending.run_killed(resume=True, when=ledger_grew(ledger, 1))
+        sending.run_killed(resume=True, when=ledger_grew(emu.ledger, 1))
         sending.run_killed(resume=True, when=elapsed(1.0))
         sending.run_killed(resume=True, when=elapsed(2.0))
         codes = sending.run_to_the_end()
-    counts = check_union_of_runs(sending, ledger)
+    counts = check_union_of_runs(sending, emu.ledger)
     assert codes[-1] == 1  # the invalid lines
     # The kill right after an acceptance caught that request unanswered: its lines are in the
     # ledger once and reported unknown, which is the point of the journal.
@@ -322,28 +242,31 @@ def test_sigkill_with_faults_then_resume_resends_failed_lines(tmp_path: Path) ->
         "--hang",
         "0.02",
     )
-    with emulator_process(tmp_path, *faults) as (url, ledger):
+    with emulator_subprocess(tmp_path, *faults) as emu:
         sending = Sending(
-            tmp_path, url, extra_env={"STREAMSEND_RETRIES": "1", "STREAMSEND_TIMEOUT": "1"}
+            tmp_path,
+            emu.base_url,
+            extra_env={"STREAMSEND_RETRIES": "1", "STREAMSEND_TIMEOUT": "1"},
         )
-        write_input(sending.input)
-        sending.run_killed(resume=False, when=ledger_grew(ledger, 1))
+        write_numbered_input(sending.input, LINES, invalid_every=INVALID_EVERY)
+        sending.run_killed(resume=False, when=ledger_grew(emu.ledger, 1))
         sending.run_killed(resume=True, when=elapsed(1.5))
         sending.run_to_the_end()
-    counts = check_union_of_runs(sending, ledger)
+    counts = check_union_of_runs(sending, emu.ledger)
     assert counts["resent_after_failed"] > 0, counts
 
 
 def test_stdin_replayed_on_resume(tmp_path: Path) -> None:
     """Reading stdin (a pipe), killed mid-stream, then resumed with the same stream replayed."""
-    with emulator_process(tmp_path, "--latency-ms", "100") as (url, ledger):
-        sending = Sending(tmp_path, url, stdin=True)
-        write_input(sending.input, 6000)
-        sending.run_killed(resume=False, when=ledger_grew(ledger, 1))
+    with emulator_subprocess(tmp_path, "--latency-ms", "100") as emu:
+        sending = Sending(tmp_path, emu.base_url, stdin=True)
+        write_numbered_input(sending.input, 6000, invalid_every=INVALID_EVERY)
+        sending.run_killed(resume=False, when=ledger_grew(emu.ledger, 1))
         sending.run_killed(resume=True, when=elapsed(1.0))
         sending.run_to_the_end()
-    counts = check_union_of_runs(sending, ledger, 6000)
-    assert {o["source"] for h in outcome_history(sending.outcomes).values() for o in h} == {"-"}
+    counts = check_union_of_runs(sending, emu.ledger, 6000)
+    history = outcome_history(sending.outcomes, skip_torn=True)
+    assert {o["source"] for h in history.values() for o in h} == {"-"}
     assert counts["crash_unknown_in_ledger"] > 0, counts
 
 
@@ -466,7 +389,7 @@ def test_in_flight_lines_are_reported_unknown_once_across_resumes(tmp_path: Path
     """Lines a crashed run left in flight get one `unknown` outcome on the first resume; later
     resumes leave them be instead of reporting them again and again."""
     input_path = tmp_path / "in.ndjson"
-    write_input(input_path, 5)
+    write_numbered_input(input_path, 5, invalid_every=INVALID_EVERY)
     outcomes = tmp_path / "out.ndjson"
     journal = Journal(str(outcomes) + ".journal", fsync=False)
     journal.record_start(1, _messages(str(input_path), range(1, 4)))  # then: kill -9
@@ -494,7 +417,7 @@ def test_in_flight_lines_are_reported_unknown_once_across_resumes(tmp_path: Path
         )
         codes.append(proc.returncode)
     assert codes == [1, 0, 0]  # later runs have nothing left to do
-    history = outcome_history(outcomes)
+    history = outcome_history(outcomes, skip_torn=True)
     assert {line: [o["status"] for o in h] for line, h in history.items()} == {
         1: ["unknown"],
         2: ["unknown"],

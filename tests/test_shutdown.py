@@ -18,9 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,64 +36,18 @@ from streamsend._stats import RunStats
 from streamsend._validate import Validator
 from streamsend.emulator import EmulatorConfig, FaultConfig, RunningEmulator, run_emulator
 from streamsend.emulator._testing import API_KEY, V1_LIST
-from tests.conftest import clean_env
+from tests.conftest import (
+    clean_env,
+    emulator_subprocess,
+    ledger_lines,
+    outcome_history,
+    write_numbered_input,
+)
 
 # -- helpers: the two processes ----------------------------------------------------------------
 
-
-def write_input(path: Path, lines: int) -> None:
-    with path.open("wb") as out:
-        for n in range(1, lines + 1):
-            out.write(orjson.dumps({"to_msisdn": f"+1415{n:07d}", "body": f"m{n}"}) + b"\n")
-
-
-def ledger_lines(path: Path) -> Counter[int]:
-    if not path.exists():
-        return Counter()
-    counts: Counter[int] = Counter()
-    for raw in path.read_bytes().splitlines():
-        counts[int(orjson.loads(raw)["body"].removeprefix("m"))] += 1
-    return counts
-
-
-def outcome_history(path: Path) -> dict[int, list[dict[str, Any]]]:
-    history: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for raw in path.read_bytes().splitlines():
-        record = orjson.loads(raw)  # a signal never tears a line: every outcome is whole
-        history[record["line"]].append(record)
-    return history
-
-
-@contextmanager
-def emulator_process(tmp_path: Path, *flags: str) -> Iterator[tuple[str, Path]]:
-    """`streamsend emulator` in its own process, with a ledger; yields (base URL, ledger)."""
-    ledger = tmp_path / "ledger.ndjson"
-    log = tmp_path / "emulator.log"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "streamsend", "emulator", "--port", "0"),
-                *("--api-key", API_KEY, "--list", V1_LIST, "--ledger", str(ledger)),
-                *flags,
-            ],
-            stderr=stderr,
-            stdout=subprocess.DEVNULL,
-            env=clean_env(),
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while "listening on " not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the emulator didn't start"
-            time.sleep(0.02)
-        yield log.read_text().split("listening on ", 1)[1].split()[0], ledger
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+# The outcomes and the ledger are read with skip_torn=False: a signal never tears a line (unlike
+# SIGKILL in test_resume), so every record must be whole.
 
 
 def start_send(
@@ -148,26 +100,26 @@ def test_sigterm_drains_then_resume_completes(tmp_path: Path) -> None:
     timeout with no `unknown` outcome and without reading on; --resume sends the rest, and
     then every line has exactly one outcome and is in the ledger exactly once."""
     lines = 60_000  # more than the sender buffers, so some input is still unread at the signal
-    write_input(tmp_path / "input.ndjson", lines)
+    write_numbered_input(tmp_path / "input.ndjson", lines)
     drain_timeout = 20
-    with emulator_process(tmp_path, "--latency-ms", "100") as (url, ledger):
-        proc = start_send(tmp_path, url, "--drain-timeout", str(drain_timeout))
-        wait_for_acceptance(proc, ledger)
+    with emulator_subprocess(tmp_path, "--latency-ms", "100") as emu:
+        proc = start_send(tmp_path, emu.base_url, "--drain-timeout", str(drain_timeout))
+        wait_for_acceptance(proc, emu.ledger)
         proc.send_signal(signal.SIGTERM)
         # The bound is the promise itself (the drain timeout), with room for start-up: an
         # unresponsive drain would take the whole input, or hang.
         code = proc.wait(timeout=drain_timeout + 10)
-        first = outcome_history(tmp_path / "outcomes.ndjson")
-        resumed = start_send(tmp_path, url, "--resume", name="resume")
+        first = outcome_history(tmp_path / "outcomes.ndjson", skip_torn=False)
+        resumed = start_send(tmp_path, emu.base_url, "--resume", name="resume")
         assert resumed.wait(timeout=120) == 0, (tmp_path / "resume.log").read_text()[-2000:]
     assert code == 130, (tmp_path / "send.log").read_text()[-2000:]
     assert "stopping" in events(tmp_path)
     assert 0 < len(first) < lines
     assert {o["status"] for h in first.values() for o in h} == {"queued"}
-    history = outcome_history(tmp_path / "outcomes.ndjson")
+    history = outcome_history(tmp_path / "outcomes.ndjson", skip_torn=False)
     assert set(history) == set(range(1, lines + 1))
     assert all(len(h) == 1 and h[0]["status"] == "queued" for h in history.values())
-    assert ledger_lines(ledger) == Counter(range(1, lines + 1))
+    assert Counter(ledger_lines(emu.ledger, skip_torn=False)) == Counter(range(1, lines + 1))
 
 
 def test_second_signal_stops_at_once_and_resume_handles_the_journal(tmp_path: Path) -> None:
@@ -175,16 +127,16 @@ def test_second_signal_stops_at_once_and_resume_handles_the_journal(tmp_path: Pa
     waiting for them. Those requests were transmitted, so their lines are `unknown`, and --resume
     neither resends nor re-reports them, while it sends every line the cut left unsent."""
     lines = 8000
-    write_input(tmp_path / "input.ndjson", lines)
-    with emulator_process(tmp_path, "--latency-ms", "1500") as (url, ledger):
-        proc = start_send(tmp_path, url, "--drain-timeout", "60")
-        wait_for_acceptance(proc, ledger)
+    write_numbered_input(tmp_path / "input.ndjson", lines)
+    with emulator_subprocess(tmp_path, "--latency-ms", "1500") as emu:
+        proc = start_send(tmp_path, emu.base_url, "--drain-timeout", "60")
+        wait_for_acceptance(proc, emu.ledger)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)  # the first signal is being handled: draining has begun
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
-        first = outcome_history(tmp_path / "outcomes.ndjson")
-        resumed = start_send(tmp_path, url, "--resume", name="resume")
+        first = outcome_history(tmp_path / "outcomes.ndjson", skip_torn=False)
+        resumed = start_send(tmp_path, emu.base_url, "--resume", name="resume")
         assert resumed.wait(timeout=120) == 0, (tmp_path / "resume.log").read_text()[-2000:]
     assert code == 130, (tmp_path / "send.log").read_text()[-2000:]
     assert "stopping_now" in events(tmp_path)
@@ -193,8 +145,8 @@ def test_second_signal_stops_at_once_and_resume_handles_the_journal(tmp_path: Pa
     assert {(o["status"], o["code"]) for h in first.values() for o in h} == {
         ("unknown", "cancelled")
     }
-    in_ledger = ledger_lines(ledger)
-    history = outcome_history(tmp_path / "outcomes.ndjson")
+    in_ledger = Counter(ledger_lines(emu.ledger, skip_torn=False))
+    history = outcome_history(tmp_path / "outcomes.ndjson", skip_torn=False)
     assert set(history) == set(range(1, lines + 1))
     for line, outcomes in history.items():
         assert len(outcomes) == 1, (line, outcomes)
@@ -208,17 +160,17 @@ def test_drain_timeout_shorter_than_a_hung_request_reports_unknown(tmp_path: Pat
     were transmitted, and here the service did queue them), the run exits 130, and a resume
     skips them rather than sending them a second time."""
     lines = 8000
-    write_input(tmp_path / "input.ndjson", lines)
-    with emulator_process(tmp_path, "--hang", "1.0") as (url, ledger):
-        proc = start_send(tmp_path, url, "--drain-timeout", "0.5", "--timeout", "120")
-        wait_for_acceptance(proc, ledger)
+    write_numbered_input(tmp_path / "input.ndjson", lines)
+    with emulator_subprocess(tmp_path, "--hang", "1.0") as emu:
+        proc = start_send(tmp_path, emu.base_url, "--drain-timeout", "0.5", "--timeout", "120")
+        wait_for_acceptance(proc, emu.ledger)
         time.sleep(0.3)  # let the other workers' requests reach the service too
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     assert code == 130, (tmp_path / "send.log").read_text()[-2000:]
     assert "drain_timeout" in events(tmp_path)
-    history = outcome_history(tmp_path / "outcomes.ndjson")
-    in_ledger = ledger_lines(ledger)
+    history = outcome_history(tmp_path / "outcomes.ndjson", skip_torn=False)
+    in_ledger = Counter(ledger_lines(emu.ledger, skip_torn=False))
     assert history
     assert {(o["status"], o["code"]) for h in history.values() for o in h} == {
         ("unknown", "cancelled")
@@ -250,7 +202,7 @@ def _own_tasks() -> set[asyncio.Task[Any]]:
 async def _pipeline_in_flight(
     tmp_path: Path, emu: RunningEmulator, sink: MemorySink, journal: Journal, lines: int = 5000
 ) -> tuple[Pipeline, asyncio.Task[Any]]:
-    write_input(tmp_path / "input.ndjson", lines)
+    write_numbered_input(tmp_path / "input.ndjson", lines)
     settings = Settings(
         base_url=emu.base_url,
         sender=V1_LIST,
