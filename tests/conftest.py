@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from streamsend.emulator import EmulatorConfig, RunningEmulator, run_emulator
 from streamsend.emulator._testing import API_KEY, V1_LIST, V2_LIST, EmulatorFactory, read_ledger
@@ -45,6 +46,7 @@ __all__ = [
     "ledger_lines",
     "ndjson_records",
     "outcome_history",
+    "serve_locally",
     "write_numbered_input",
 ]
 
@@ -109,6 +111,21 @@ def clean_env(**extra: str) -> dict[str, str]:
         if name != "TRACKLY_API_KEY" and not name.startswith("STREAMSEND_")
     }
     return {**env, **extra}
+
+
+@contextlib.asynccontextmanager
+async def serve_locally(app: web.Application) -> AsyncIterator[str]:
+    """`app` (a fake service) served on a free loopback port until the block ends; yields its
+    base URL, `http://127.0.0.1:<port>/api`."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}/api"
+    finally:
+        await runner.cleanup()
 
 
 # -- `streamsend emulator` in its own process, and the files a subprocess run leaves -----------

@@ -58,6 +58,7 @@ from streamsend._pipeline import (
 from streamsend._source import LineBlock, read_inputs
 from streamsend.emulator import FaultConfig, RunningEmulator
 from streamsend.emulator._testing import API_KEY, V1_LIST, EmulatorFactory, read_ledger
+from tests.conftest import serve_locally
 
 LINES = 20_000
 INVALID_EVERY = 1000  # line 500, 1500, ...: not JSON, refused by the client
@@ -487,12 +488,7 @@ async def test_413_on_a_single_message_fails_it(tmp_path: Path) -> None:
 
     app = web.Application()
     app.router.add_post("/api/v1/messages/bulk", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serve_locally(app) as base_url:
         input_path = tmp_path / "input.ndjson"
         with input_path.open("wb") as out:
             for n in range(1, 9):
@@ -500,7 +496,7 @@ async def test_413_on_a_single_message_fails_it(tmp_path: Path) -> None:
                 out.write(orjson.dumps({"to_msisdn": f"+1415{n:07d}", "body": text}) + b"\n")
         settings = replace(
             Settings(),
-            base_url=f"http://127.0.0.1:{port}/api",
+            base_url=base_url,
             sender=V1_LIST,
             batch_size=8,
             retries=0,
@@ -520,8 +516,6 @@ async def test_413_on_a_single_message_fails_it(tmp_path: Path) -> None:
             result = await pipeline.run()
         finally:
             sink.close()
-    finally:
-        await runner.cleanup()
     outcomes = {o["line"]: (o["status"], o.get("code")) for o in read_outcomes(settings.outcomes)}
     assert outcomes == {
         n: ("failed", "payload_too_large") if n == 5 else ("queued", None) for n in range(1, 9)
@@ -592,11 +586,6 @@ async def test_a_batch_waiting_for_room_is_sent_when_reading_ends(
 
     app = web.Application()
     app.router.add_post("/api/v1/messages/bulk", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
 
     def block(first: int, count: int) -> LineBlock:
         lines: list[bytes | None] = [
@@ -623,26 +612,26 @@ async def test_a_batch_waiting_for_room_is_sent_when_reading_ends(
         finally:
             reading_over.set()
 
-    settings = replace(
-        Settings(),
-        base_url=f"http://127.0.0.1:{port}/api",
-        sender=V1_LIST,
-        batch_size=100,
-        concurrency=1,
-        linger_ms=10,
-        fsync="off",
-    )
-    sink = MemorySink()
-    pipeline = Pipeline(settings, api_key=API_KEY, source=source(), sink=sink)
-    try:
-        run = asyncio.create_task(pipeline.run())
-        await reading_over.wait()
-        await asyncio.sleep(0.05)  # the pipeline winds reading down; then the service answers
-        release.set()
-        result = await run
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with serve_locally(app) as base_url:
+        settings = replace(
+            Settings(),
+            base_url=base_url,
+            sender=V1_LIST,
+            batch_size=100,
+            concurrency=1,
+            linger_ms=10,
+            fsync="off",
+        )
+        sink = MemorySink()
+        pipeline = Pipeline(settings, api_key=API_KEY, source=source(), sink=sink)
+        try:
+            run = asyncio.create_task(pipeline.run())
+            await reading_over.wait()
+            await asyncio.sleep(0.05)  # the pipeline winds reading down; then the service answers
+            release.set()
+            result = await run
+        finally:
+            release.set()
     lines = sorted(o.line for o in sink.outcomes)
     assert lines == list(range(1, 351))
     assert {o.status for o in sink.outcomes} == {Status.QUEUED}

@@ -38,6 +38,7 @@ from tests.conftest import (
     EmulatorProcess,
     clean_env,
     emulator_subprocess,
+    serve_locally,
 )
 
 WRONG_KEY = "trk_" + "Wr0ngKeyWr0ngKeyWr0ngKeyWr0ngKey"
@@ -327,15 +328,8 @@ async def scripted_service() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/api/v1/messages/bulk", bulk)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/api"
-    finally:
-        await runner.cleanup()
+    async with serve_locally(app) as base_url:
+        yield base_url
 
 
 async def test_in_band_errors_map_to_the_right_lines(scripted_service: str, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from streamsend.emulator._testing import (
     post,
     read_ledger,
 )
-from tests.conftest import RecordingLog, clean_env
+from tests.conftest import RecordingLog, clean_env, serve_locally
 
 OTHER_LIST = "+18005552000"  # a second configured v2 list number
 UNKNOWN_LIST = "+18005559999"  # E.164, so our validator passes it, but no such list exists
@@ -149,15 +149,8 @@ async def fake_v2_service(
 
     app = web.Application()
     app.router.add_post("/api/v2/send/bulk", bulk)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}/api", received
-    finally:
-        await runner.cleanup()
+    async with serve_locally(app) as base_url:
+        yield base_url, received
 
 
 def queued_all(messages: list[dict[str, Any]]) -> Answer:
