@@ -12,6 +12,7 @@ Every emulator a test starts is stopped when the test ends. The defaults are the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -21,7 +22,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "ledger_lines",
     "ndjson_records",
     "outcome_history",
+    "run_streamsend",
     "serve_locally",
     "write_numbered_input",
 ]
@@ -232,3 +234,22 @@ def outcome_history(path: Path, *, skip_torn: bool) -> dict[int, list[dict[str, 
     for record in ndjson_records(path, skip_torn=skip_torn):
         history[record["line"]].append(record)
     return history
+
+
+async def run_streamsend(
+    args: Sequence[str], *, env: Mapping[str, str], timeout_s: float, cwd: Path | None = None
+) -> tuple[int, bytes, bytes]:
+    """`python -m streamsend <args>` as an asyncio subprocess (so that an emulator in the test's
+    event loop keeps serving), stdin empty: its exit code, stdout and stderr, within timeout_s."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "streamsend", *args),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+    )
+    async with asyncio.timeout(timeout_s):
+        stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stdout, stderr

@@ -16,7 +16,6 @@ import asyncio
 import re
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamsend.emulator import FaultConfig
 from streamsend.emulator._testing import API_KEY, V1_LIST, EmulatorFactory
-from tests.conftest import clean_env
+from tests.conftest import clean_env, run_streamsend
 
 KEY_SHAPE = re.compile(rb"trk_[A-Za-z0-9]{8,}")
 WRONG_KEY = "trk_" + "Wr0ngKeyWr0ngKeyWr0ngKeyWr0ngKey"
@@ -43,25 +42,6 @@ def _campaign(path: Path, valid: int = 30, invalid: int = 4) -> Path:
     lines.insert(3, b"")
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
-
-
-async def _send(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[int, bytes, bytes]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "streamsend",
-        "send",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env),
-        cwd=cwd,
-    )
-    async with asyncio.timeout(RUN_TIMEOUT):
-        stdout, stderr = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, stdout, stderr
 
 
 def _events(stderr: bytes) -> list[dict[str, object]]:
@@ -90,8 +70,9 @@ async def test_emulator_run_at_debug_level_never_shows_the_key(tmp_path: Path) -
     log line, outcome or journal, and the summary event agrees with the outcomes."""
     campaign = _campaign(tmp_path / "campaign.ndjson")
     outcomes = tmp_path / "outcomes.ndjson"
-    code, stdout, stderr = await _send(
+    code, stdout, stderr = await run_streamsend(
         [
+            "send",
             str(campaign),
             "--emulator",
             "--log-level",
@@ -103,8 +84,9 @@ async def test_emulator_run_at_debug_level_never_shows_the_key(tmp_path: Path) -
             "--batch-size",
             "7",
         ],
-        clean_env(),
-        tmp_path,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout_s=RUN_TIMEOUT,
     )
 
     assert code == 1, stderr  # finished, with invalid lines
@@ -138,8 +120,9 @@ async def test_failing_requests_at_debug_level_never_show_the_key(
     )
     campaign = _campaign(tmp_path / "campaign.ndjson", valid=60)
     outcomes = tmp_path / "outcomes.ndjson"
-    code, stdout, stderr = await _send(
+    code, stdout, stderr = await run_streamsend(
         [
+            "send",
             str(campaign),
             "--base-url",
             emu.base_url,
@@ -156,10 +139,11 @@ async def test_failing_requests_at_debug_level_never_show_the_key(
             "--retries",
             "2",
         ],
-        clean_env(
+        env=clean_env(
             TRACKLY_API_KEY=API_KEY, STREAMSEND_BACKOFF_BASE="0.01", STREAMSEND_BACKOFF_CAP="0.02"
         ),
-        tmp_path,
+        cwd=tmp_path,
+        timeout_s=RUN_TIMEOUT,
     )
 
     assert code == 1, stderr
@@ -179,8 +163,9 @@ async def test_wrong_key_never_shows_either_key(emulator: EmulatorFactory, tmp_p
     emu = await emulator()
     campaign = _campaign(tmp_path / "campaign.ndjson")
     outcomes = tmp_path / "outcomes.ndjson"
-    code, stdout, stderr = await _send(
+    code, stdout, stderr = await run_streamsend(
         [
+            "send",
             str(campaign),
             "--base-url",
             emu.base_url,
@@ -193,8 +178,9 @@ async def test_wrong_key_never_shows_either_key(emulator: EmulatorFactory, tmp_p
             "--outcomes",
             str(outcomes),
         ],
-        clean_env(TRACKLY_API_KEY=WRONG_KEY),
-        tmp_path,
+        env=clean_env(TRACKLY_API_KEY=WRONG_KEY),
+        cwd=tmp_path,
+        timeout_s=RUN_TIMEOUT,
     )
 
     assert code == 3, stderr

@@ -18,7 +18,6 @@ answers come from a small fake service instead, which answers as the v2 docs say
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -49,7 +48,7 @@ from streamsend.emulator._testing import (
     post,
     read_ledger,
 )
-from tests.conftest import RecordingLog, clean_env, serve_locally
+from tests.conftest import RecordingLog, clean_env, run_streamsend, serve_locally
 
 OTHER_LIST = "+18005552000"  # a second configured v2 list number
 UNKNOWN_LIST = "+18005559999"  # E.164, so our validator passes it, but no such list exists
@@ -102,32 +101,28 @@ async def run_cli(
     source = tmp_path / "input.ndjson"
     source.write_bytes(b"\n".join(lines) + b"\n")
     outcomes = tmp_path / "outcomes.ndjson"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "streamsend",
-        "send",
-        str(source),
-        "--base-url",
-        emu.base_url,
-        "--outcomes",
-        str(outcomes),
-        "--log-format",
-        "json",
-        "--linger-ms",
-        "20",
-        "--fsync",
-        "off",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    code, _, stderr = await run_streamsend(
+        [
+            "send",
+            str(source),
+            "--base-url",
+            emu.base_url,
+            "--outcomes",
+            str(outcomes),
+            "--log-format",
+            "json",
+            "--linger-ms",
+            "20",
+            "--fsync",
+            "off",
+            *args,
+        ],
         env=clean_env(TRACKLY_API_KEY=key),
+        timeout_s=60,
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
     events = [orjson.loads(raw) for raw in stderr.splitlines() if raw.startswith(b"{")]
     records = [orjson.loads(raw) for raw in outcomes.read_bytes().splitlines()]
-    return process.returncode, by_line(records), events, stderr
+    return code, by_line(records), events, stderr
 
 
 @asynccontextmanager
