@@ -276,14 +276,20 @@ class Pipeline:
             others.extend(_in_flight_at_crash(message, request) for message in kept)
 
     async def _flush_lingering(self) -> None:
-        # Polling at a fraction of the linger keeps the lateness of a batch small (a line is on
-        # the wire within linger + 20 ms) at the cost of at most 50 cheap wake-ups a second.
+        # Wake at the oldest open batch's deadline, and at least every 20 ms (a batch opened
+        # while we sleep has a deadline we don't know yet): a line is on the wire within about
+        # linger + 20 ms, for at most 50 cheap wake-ups a second.
         interval = max(0.001, min(self._batcher.linger / 5, 0.02))
         # A batch is "idle" only while the reader is idle too: when the reader is held up by
         # backpressure (a paced or slow service), its next lines would fill the batch anyway,
         # and sending it partly filled only adds requests (about one per block when paced).
         while True:
-            await asyncio.sleep(interval)
+            deadline = self._batcher.next_deadline()
+            if deadline is None or self._reader_waiting:
+                delay = interval  # (a waiting reader: see below; no busy loop on a passed deadline)
+            else:
+                delay = max(0.0, min(interval, deadline - time.monotonic()))
+            await asyncio.sleep(delay)
             if not self._reader_waiting:
                 await self._submit_all(self._batcher.flush_due(time.monotonic()))
 

@@ -92,7 +92,6 @@ class Validator:
         self.api_version = api_version
         self.max_line_bytes = max_line_bytes  # the source enforces it; named in the error
         self.default_sender = default_sender
-        self._to_key = b"to_msisdn" if api_version == "v1" else b"to"
         self._sender_field = "from_phone_number_id" if api_version == "v1" else "list_number"
         # The fast path can only serve lines that use the default sender; without one, every
         # line must name its own and takes the full path.
