@@ -198,11 +198,10 @@ class Sender:
     async def _work(self, lane: _Lane) -> None:
         while True:
             batch = await lane.queue.get()
-            if batch is not None:
-                self._waiting_messages -= len(batch.messages)
-                self._room.set()
             if batch is None:
                 return
+            self._waiting_messages -= len(batch.messages)
+            self._room.set()
             if self.aborted.is_set():
                 continue  # no outcome: --resume sends these lines later
             try:
