@@ -343,11 +343,10 @@ class Sender:
         """
         while True:
             await self._in_flight.acquire()
-            pause = lane.paused_until - time.monotonic()
-            if pause <= 0:
+            if lane.paused_until <= time.monotonic():
                 break
             self._in_flight.release()
-            await asyncio.sleep(pause)
+            await _sleep_out_pause(lane)
         try:
             yield
         finally:
@@ -356,9 +355,7 @@ class Sender:
     async def _wait_for_turn(self, lane: _Lane, amount: int) -> None:
         """Honour the sender's 429 pause, then its rate."""
         waited_from = time.monotonic()
-        # A loop, not one sleep: another request's 429 may extend the pause while we sleep.
-        while (pause := lane.paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(pause)
+        await _sleep_out_pause(lane)
         if lane.limiter is not None:
             await lane.limiter.acquire(min(amount, lane.limiter.max_rate))
         self._stats.rate_wait_seconds += time.monotonic() - waited_from
@@ -570,6 +567,12 @@ class Sender:
         self._sink.write_batch(result)
         for status, count in result.count_by_status().items():
             self._stats.count_outcome(status.value, result.sender, count)
+
+
+async def _sleep_out_pause(lane: _Lane) -> None:
+    # A loop, not one sleep: another request's 429 may extend the pause while we sleep.
+    while (pause := lane.paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
+        await asyncio.sleep(pause)
 
 
 async def _mark_transmitted(
