@@ -64,6 +64,17 @@ def _expand(runs: list[list[int]]) -> Iterator[int]:
         yield from range(first, last + 1)
 
 
+def end_torn_line(fd: int, path: str) -> None:
+    """If a killed run left half a line at the end of `path` (open for appending as `fd`),
+    end it, so the next record starts on its own line instead of being glued to the torn one."""
+    size = os.fstat(fd).st_size
+    if size:
+        with open(path, "rb") as reader:
+            reader.seek(size - 1)
+            if reader.read(1) != b"\n":
+                os.write(fd, b"\n")
+
+
 class GroupSync:
     """fdatasync for an append-only file, shared by concurrent callers (group commit).
 
@@ -114,13 +125,7 @@ class Journal:
         self.path = path
         self._fsync = fsync
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        # A torn last record from a killed run: end it, so the next record starts on its own line.
-        size = os.fstat(self._fd).st_size
-        if size:
-            with open(path, "rb") as reader:
-                reader.seek(size - 1)
-                if reader.read(1) != b"\n":
-                    os.write(self._fd, b"\n")
+        end_torn_line(self._fd, path)
         self._group_sync = GroupSync(self._fd)
 
     def record_start(self, request: int, messages: Sequence[Message]) -> None:

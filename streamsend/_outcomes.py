@@ -12,14 +12,14 @@ Promises:
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import BinaryIO, Protocol
 
 import orjson
 
-from streamsend._journal import GroupSync
+from streamsend._journal import GroupSync, end_torn_line
 from streamsend._models import BatchOutcome, Encoding, Outcome
 
 _ENCODING_BYTES = {Encoding.GSM7: b"gsm7", Encoding.UCS2: b"ucs2"}
@@ -158,7 +158,8 @@ class FileSink:
     @classmethod
     def open_path(cls, path: str, *, fsync: bool) -> FileSink:
         file = open(path, "ab")  # noqa: SIM115 - owned by the sink, closed by close()
-        _end_torn_line(file, path)
+        with contextlib.suppress(OSError):  # a device or pipe: no torn line to mend
+            end_torn_line(file.fileno(), path)
         return cls(file, fsync=fsync)
 
     def write(self, outcomes: Sequence[Outcome]) -> None:
@@ -220,18 +221,3 @@ class MemorySink:
                 return
             self._changed.clear()
             await self._changed.wait()
-
-
-def _end_torn_line(file: BinaryIO, path: str) -> None:
-    """If a killed run left half a line at the end, end it so the next record starts clean."""
-    try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return
-        with open(path, "rb") as reader:
-            reader.seek(size - 1)
-            if reader.read(1) != b"\n":
-                file.write(b"\n")
-                file.flush()
-    except OSError:
-        return
