@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from streamsend._batcher import Batcher
+from streamsend._config import Settings
 from streamsend._journal import Decision, Journal, ResumeState
 from streamsend._models import Batch, Message, Outcome, Status
 from streamsend._outcomes import OutcomeSink
@@ -49,7 +50,7 @@ class Pipeline:
 
     def __init__(
         self,
-        settings: Any,  # streamsend._config.Settings (Any keeps the import graph acyclic)
+        settings: Settings,
         *,
         api_key: str,
         source: LineSource,
@@ -315,6 +316,6 @@ def _in_flight_at_crash(message: Message, request: int | None) -> Outcome:
     )
 
 
-async def lines_from(messages: Sequence[bytes], source: str = "-") -> Any:
-    """A LineSource over in-memory lines (tests, the library API)."""
+async def lines_from(messages: Sequence[bytes], source: str = "-") -> AsyncIterator[LineBlock]:
+    """A LineSource over lines already in memory (the tests feed the pipeline this way)."""
     yield LineBlock(source, 1, list(messages), sum(len(m) + 1 for m in messages))
