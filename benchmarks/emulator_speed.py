@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from streamsend.emulator._testing import API_KEY, V1_LIST, V2_LIST
+from streamsend.testing import API_KEY, V1_LIST, V2_LIST
 
 _LISTENING = re.compile(rb"listening on (http://\S+/api)")
 _BODY_WORDS = (

@@ -1,36 +1,39 @@
-"""The library API: the same pipeline as `streamsend send`, fed from Python.
+"""The library API: the same run as `streamsend send`, fed from Python.
 
-    async with StreamSender(Settings(sender="pn_abc123def456"), api_key=key) as sender:
-        await sender.send({"to_msisdn": "+14155551234", "body": "Hi!", "ref": "c-1"})
+    async with Client(Settings(sender="pn_abc123def456"), api_key=key) as client:
+        await client.send({"to_msisdn": "+14155551234", "body": "Hi!", "ref": "c-1"})
         ...
-    for outcome in sender.results:   # or `async for outcome in sender.outcomes()` meanwhile
+    for outcome in client.results:   # or `async for outcome in client.outcomes()` meanwhile
         ...
 
 Messages are numbered from 1 in the order given (`Outcome.line`), and each gets exactly one
 Outcome, as lines of a file do. `send()` waits when the pipeline is behind (backpressure), so a
-producer can't outrun the service by buffering without bound.
+producer can't outrun the service by buffering without bound. The run is assembled by
+`open_run()`, as the command line's is: with `outcomes` set to a file in the settings, a journal
+is kept beside it as well.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 
 import orjson
 
 from streamsend._config import Settings
-from streamsend._journal import Journal
 from streamsend._models import Outcome
 from streamsend._outcomes import MemorySink
 from streamsend._pipeline import Pipeline, RunResult
-from streamsend._source import LineBlock
+from streamsend._run import open_run
 from streamsend._stats import RunStats
+from streamsend._types import LineBlock
 
 _SOURCE = "<api>"
 
 
-class StreamSender:
+class Client:
     """Send messages from Python through the full pipeline (see the module docstring)."""
 
     def __init__(
@@ -38,29 +41,29 @@ class StreamSender:
     ) -> None:
         self.settings = settings
         self.stats = RunStats()
+        self._api_key = api_key
         self._blocks: asyncio.Queue[LineBlock | None] = asyncio.Queue(maxsize=max_pending)
         self._sink = MemorySink()
-        self._journal = (
-            Journal(settings.journal_path, fsync=settings.fsync == "request")
-            if settings.journal_path
-            else None
-        )
         self._source_name = source_name
         self._next_line = 1
-        self._pipeline = Pipeline(
-            settings,
-            api_key=api_key,
-            source=self._read_blocks(),
-            sink=self._sink,
-            journal=self._journal,
-            stats=self.stats,
-        )
+        self._stack = contextlib.AsyncExitStack()
+        self._pipeline: Pipeline | None = None
         self._task: asyncio.Task[RunResult] | None = None
         self.result: RunResult | None = None
-        self.results: list[Outcome] = []  # every outcome, once the sender is closed
+        self.results: list[Outcome] = []  # every outcome, once the client is closed
 
-    async def __aenter__(self) -> StreamSender:
-        self._task = asyncio.create_task(self._pipeline.run(), name="streamsend-pipeline")
+    async def __aenter__(self) -> Client:
+        run = await self._stack.enter_async_context(
+            open_run(
+                self.settings,
+                api_key=self._api_key,
+                source=self._read_blocks(),
+                sink=self._sink,
+                stats=self.stats,
+            )
+        )
+        self._pipeline = run.pipeline
+        self._task = asyncio.create_task(run.pipeline.run(), name="streamsend-pipeline")
         return self
 
     async def __aexit__(
@@ -69,7 +72,7 @@ class StreamSender:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None:
+        if exc is not None and self._pipeline is not None:
             self._pipeline.request_stop()
             self._pipeline.request_stop()  # leaving on an error: stop at once
         await self.aclose()
@@ -91,7 +94,7 @@ class StreamSender:
         return self._next_line - 1
 
     async def outcomes(self) -> AsyncIterator[Outcome]:
-        """Outcomes as they arrive, each handed out once, until the sender is closed."""
+        """Outcomes as they arrive, each handed out once, until the client is closed."""
         async for outcome in self._sink.stream():
             self.results.append(outcome)
             yield outcome
@@ -99,7 +102,7 @@ class StreamSender:
     async def aclose(self) -> RunResult:
         """End of input: wait until every message has its outcome."""
         if self._task is None:
-            raise RuntimeError("use `async with StreamSender(...)`")
+            raise RuntimeError("use `async with Client(...)`")
         if self.result is None:
             if not self._task.done():
                 # The pipeline may stop on its own (a fatal answer) while we wait for room.
@@ -109,16 +112,15 @@ class StreamSender:
             try:
                 self.result = await self._task
             finally:
-                self._sink.close()
-                if self._journal is not None:
-                    self._journal.close()
+                self._sink.close()  # ends outcomes()
+                await self._stack.aclose()  # closes the journal, if the settings keep one
             self.results.extend(self._sink.outcomes)
             self._sink.outcomes.clear()
         return self.result
 
     def _ensure_running(self) -> None:
         if self._task is None:
-            raise RuntimeError("use `async with StreamSender(...)` before sending")
+            raise RuntimeError("use `async with Client(...)` before sending")
         if self._task.done():
             raise RuntimeError("the pipeline has stopped (see .result); no more messages")
 

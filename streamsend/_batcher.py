@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from itertools import accumulate, count
 from operator import add, attrgetter
 
-import orjson
-
 from streamsend._models import Batch, Message
+from streamsend._protocol import protocol_for
+from streamsend._types import ApiVersion
 
 _SENDER = attrgetter("sender")
 _WIRE = attrgetter("wire")
@@ -32,19 +32,6 @@ _WIRE = attrgetter("wire")
 MAX_BATCH_MESSAGES = 1000
 # The service refuses bodies over 5 MB with 413; "5 MB" is read strictly as 5,000,000 bytes.
 MAX_REQUEST_BYTES = 5_000_000
-
-
-def request_envelope(api_version: str, sender: str) -> tuple[bytes, bytes]:
-    """The bytes around the comma-joined messages of one request body."""
-    if api_version == "v1":
-        # v1 names the sending list once per request; v2 carries `list_number` on each message.
-        return b'{"from_phone_number_id":' + orjson.dumps(sender) + b',"messages":[', b"]}"
-    return b'{"messages":[', b"]}"
-
-
-def encode_request_body(api_version: str, batch: Batch) -> bytes:
-    head, tail = request_envelope(api_version, batch.sender)
-    return head + b",".join([m.wire for m in batch.messages]) + tail
 
 
 @dataclass(slots=True)
@@ -61,7 +48,7 @@ class Batcher:
     def __init__(
         self,
         *,
-        api_version: str = "v1",
+        api_version: ApiVersion = "v1",
         max_messages: int = MAX_BATCH_MESSAGES,
         max_body_bytes: int = MAX_REQUEST_BYTES,
         linger: float = 0.25,
@@ -71,6 +58,7 @@ class Batcher:
         if not 1 <= max_messages <= MAX_BATCH_MESSAGES:
             raise ValueError("max_messages must be between 1 and 1000")
         self.api_version = api_version
+        self._protocol = protocol_for(api_version)
         self.max_messages = max_messages
         self.max_body_bytes = max_body_bytes
         self.linger = linger
@@ -199,7 +187,7 @@ class Batcher:
 
     def _close(self, sender: str, open_batch: _OpenBatch) -> Batch:
         self.buffered -= len(open_batch.messages)
-        return Batch(sender, tuple(open_batch.messages), open_batch.size)
+        return Batch(sender, tuple(open_batch.messages))
 
     def _cap(self, sender: str) -> int:
         # Never above max_buffered: a batch that reached the cap must close at the cap, not one
@@ -212,6 +200,6 @@ class Batcher:
     def _envelope_size(self, sender: str) -> int:
         size = self._envelope_sizes.get(sender)
         if size is None:
-            head, tail = request_envelope(self.api_version, sender)
+            head, tail = self._protocol.envelope(sender)
             size = self._envelope_sizes[sender] = len(head) + len(tail)
         return size

@@ -31,8 +31,9 @@ import orjson
 from streamsend._exceptions import ConfigError, InputError, StreamsendError
 from streamsend._models import Encoding, Message
 from streamsend._source import DEFAULT_MAX_LINE_BYTES, read_inputs
+from streamsend._types import ApiVersion
 from streamsend._usage import OneLineParser
-from streamsend._validate import ApiVersion, Validator, sender_problem
+from streamsend._validate import Validator, sender_problem
 
 #: Stands in for a missing `--from` under v1, where any non-empty ID is well-formed: the check
 #: can say nothing about an ID it would have to ask the service about, so without one it checks

@@ -1,35 +1,28 @@
-"""The command line: `streamsend send | check | emulator | config show`.
+"""The command line: `streamsend COMMAND ...`, a table of commands each parsing its own flags.
 
-Every user error (a bad flag, config value, input path or key) ends as one line on stderr and
-exit 2; no traceback reaches a user. Exit codes of `send`: 0 every line queued, 1 the run finished
-but some lines were not queued, 2 usage or config error, 3 aborted by a fatal service answer
-(401, 403, list_not_found), 70 stopped by an unexpected error such as a full disk (one line; the
-traceback goes to the log at debug level), 130 stopped by a signal (SIGINT/SIGTERM) after draining.
+Every command is a `*_main(argv) -> int` function; `main` picks one from `COMMANDS` and is the
+last line of defence around it: a user error (a bad flag, config value, input path or key) ends
+as one line on stderr and exit 2, an unexpected error as one line and exit 70; no traceback
+reaches a user. The exit codes are `ExitCode`'s (0 every line queued, 1 the run finished but
+some lines were not queued, 2 usage or config error, 3 aborted by a fatal service answer, 70
+stopped by an unexpected error such as a full disk, 130 stopped by a signal after draining).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import os
-import secrets
-import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import orjson
 
-from streamsend._config import API_KEY_ENV, Settings, load_api_key, load_settings
+from streamsend._config import API_KEY_ENV, load_api_key, load_settings
 from streamsend._exceptions import ConfigError, InputError
-from streamsend._journal import Journal, ResumeState
-from streamsend._outcomes import FileSink
-from streamsend._pipeline import EXIT_USAGE, Pipeline
-from streamsend._source import read_inputs, total_input_bytes
-from streamsend._stats import RunStats
+from streamsend._types import ExitCode
 from streamsend._usage import OneLineParser
 from streamsend._validate import sender_problem
 
@@ -51,10 +44,9 @@ error (e.g. a full disk: rerun with --resume); 130 stopped by a signal.
 """
 
 
-def _send_parser(sub: Any) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "send",
-        help="send NDJSON messages through the Trackly bulk API",
+def _send_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="streamsend send",
         description='Stream NDJSON lines ({"to_msisdn": ..., "body": ..., "ref": ...}) '
         "from files or stdin to the Trackly bulk API, writing one outcome per line.",
         epilog=_SEND_EPILOG,
@@ -142,28 +134,6 @@ def _send_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="streamsend",
-        description="Send SMS at volume through the Trackly bulk API: validated, batched, "
-        "paced, retried safely, one outcome per input line.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _send_parser(sub)
-    sub.add_parser(
-        "check", help="validate a campaign offline: segments, encoding, cost", add_help=False
-    )
-    sub.add_parser("emulator", help="run the built-in Trackly emulator", add_help=False)
-    sub.add_parser(
-        "demo", help="send a sample campaign through the built-in emulator", add_help=False
-    )
-    config = sub.add_parser("config", help="show the effective configuration")
-    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="show")
-    show = config_sub.add_parser("show", help="print the effective config (key redacted)")
-    show.add_argument("--config", metavar="TOML")
-    return parser
-
-
 def _cli_values(args: argparse.Namespace) -> dict[str, object]:
     names = (
         "base_url",
@@ -188,68 +158,9 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
     return {name: getattr(args, name, None) for name in names}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    # `check` and `emulator` own their flags; hand them over before argparse sees them.
-    if args_list and args_list[0] == "emulator":
-        from streamsend.emulator import emulator_main
-
-        return emulator_main(args_list[1:])
-    if args_list and args_list[0] == "check":
-        from streamsend._check import check_main
-
-        return check_main(args_list[1:])
-    if args_list and args_list[0] == "demo":
-        from streamsend._demo import demo_main
-
-        return demo_main(args_list[1:])
-    args = build_parser().parse_args(args_list)
-    try:
-        if args.command == "config":
-            return _config_show(args)
-        return _send(args)
-    except (ConfigError, InputError) as exc:
-        print(f"streamsend: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-    except OSError as exc:
-        # The disk filled up, a file vanished mid-run...: not a bug, but the run can't go on.
-        return _stopped_by(f"{exc.strerror or exc} ({exc.filename or 'I/O'})", exc)
-    except Exception as exc:  # the last line of defence: no traceback reaches a user
-        return _stopped_by(f"internal error: {type(exc).__name__}: {exc}", exc)
-
-
-EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
-
-
-def _stopped_by(reason: str, exc: BaseException) -> int:
-    """One line instead of a traceback; the traceback goes to the log at debug level."""
-    from streamsend._logs import get_logger, redact
-
-    get_logger("streamsend").debug("stopped_by_error", exc_info=exc)
-    print(
-        f"streamsend: error: {redact(reason)}; the outcomes and the journal written so far are "
-        "kept: fix the cause and rerun with --resume",
-        file=sys.stderr,
-    )
-    return EXIT_INTERNAL
-
-
-def _config_show(args: argparse.Namespace) -> int:
-    settings = load_settings(config_path=args.config)
-    shown = settings.redacted()
-    key_set = bool(os.environ.get(API_KEY_ENV))
-    shown["api_key"] = (
-        "trk_*** (from TRACKLY_API_KEY)"
-        if key_set
-        else ("(from api_key_file)" if settings.api_key_file else "(not set)")
-    )
-    sys.stdout.buffer.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2) + b"\n")
-    return 0
-
-
-def _send(args: argparse.Namespace) -> int:
+def send_main(argv: Sequence[str]) -> int:
+    """`streamsend send`: stream NDJSON inputs to the Trackly bulk API, one outcome per line."""
+    args = _send_parser().parse_args(list(argv))
     settings = load_settings(config_path=args.config, cli=_cli_values(args))
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
@@ -265,23 +176,23 @@ def _send(args: argparse.Namespace) -> int:
         if problem:
             raise ConfigError(f"--from: {problem}")
     api_key = None if args.emulator else load_api_key(settings)
-    _check_outcomes_path(settings, resume=args.resume, overwrite=args.overwrite)
-    journal_path = settings.journal_path
-    if args.overwrite:
-        for path in (settings.outcomes, journal_path):
-            if path and os.path.exists(path):
-                os.truncate(path, 0)
-    resume_state = None
-    if args.resume and journal_path is not None:
-        resume_state = ResumeState.load(
-            settings.outcomes, journal_path, resend_unknown=settings.resend_unknown
-        )
+    from streamsend._run import send_campaign
+
     # Every message is a few GC-tracked tuples that live for milliseconds and form no cycles, so
     # the default generation-0 threshold (700 allocations) runs a collection every few hundred
     # messages for nothing; measured on 1M lines, a higher threshold saves ~10% of client CPU.
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
-    return asyncio.run(_run_send(settings, inputs, api_key, resume_state, emulator=args.emulator))
+    return asyncio.run(
+        send_campaign(
+            settings,
+            inputs,
+            api_key=api_key,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            emulator=args.emulator,
+        )
+    )
 
 
 def _check_inputs(inputs: Sequence[str]) -> None:
@@ -302,153 +213,95 @@ def _check_inputs(inputs: Sequence[str]) -> None:
             raise InputError(f"can't open input {path!r}: permission denied")
 
 
-def _check_outcomes_path(settings: Settings, *, resume: bool, overwrite: bool) -> None:
-    path = settings.outcomes
-    if path == "-":
-        if resume:
-            raise ConfigError("--resume needs --outcomes PATH: the outcomes of the earlier run")
-        return
-    has_outcomes = os.path.exists(path) and os.path.getsize(path) > 0
-    if (
-        resume
-        and not has_outcomes
-        and not (settings.journal_path and os.path.exists(settings.journal_path))
-    ):
-        return  # nothing to resume: a first run with --resume is just a run
-    if has_outcomes and not resume and not overwrite:
-        raise ConfigError(
-            f"{path} already holds outcomes: pass --resume to continue that run (no line is "
-            "sent twice), or --overwrite to start anew (every line is sent again)"
-        )
-
-
-@contextlib.asynccontextmanager
-async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tuple[Settings, str]]:
-    """With --emulator: a local emulator, a fresh key and a default sender; else as given."""
-    if not enabled:
-        yield settings, ""
-        return
-    from dataclasses import replace
-
-    from streamsend.emulator import EmulatorConfig, run_emulator
-    from streamsend.emulator._testing import V1_LIST, V2_LIST
-
-    key = "trk_" + secrets.token_hex(16)
-    default = V1_LIST if settings.api_version == "v1" else V2_LIST
-    sender = settings.sender or default
-    lists = {sender, *settings.sender_rates}
-    config = EmulatorConfig(
-        api_keys=(key,),
-        v1_lists=tuple(lists) if settings.api_version == "v1" else (V1_LIST,),
-        v2_lists=tuple(lists) if settings.api_version == "v2" else (V2_LIST,),
+def config_main(argv: Sequence[str]) -> int:
+    """`streamsend config show`: print the effective configuration (the key redacted)."""
+    parser = OneLineParser(prog="streamsend config", description="Show the configuration.")
+    sub = parser.add_subparsers(dest="config_command", required=True, metavar="show")
+    show = sub.add_parser("show", help="print the effective config (key redacted)")
+    show.add_argument("--config", metavar="TOML")
+    args = parser.parse_args(list(argv))
+    settings = load_settings(config_path=args.config)
+    shown = settings.redacted()
+    key_set = bool(os.environ.get(API_KEY_ENV))
+    shown["api_key"] = (
+        "trk_*** (from TRACKLY_API_KEY)"
+        if key_set
+        else ("(from api_key_file)" if settings.api_key_file else "(not set)")
     )
-    async with run_emulator(config) as emulator:
-        yield replace(settings, base_url=emulator.base_url, sender=sender), key
+    sys.stdout.buffer.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2) + b"\n")
+    return ExitCode.OK
 
 
-async def _run_send(
-    given: Settings,
-    inputs: list[str],
-    api_key: str | None,
-    resume_state: ResumeState | None,
-    *,
-    emulator: bool,
-) -> int:
-    from streamsend._logs import configure_logging, get_logger
+def _check_main(argv: Sequence[str]) -> int:
+    from streamsend._check import check_main
 
-    async with _maybe_emulator(given, emulator) as (settings, emulator_key):
-        key = api_key or emulator_key
-        configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=(key,))
-        # Bound once: the lazy proxy re-resolves the configuration on every call (~2 us), which
-        # adds up for the per-request debug event even when debug is off.
-        log = get_logger("streamsend").bind()
-        journal_path = settings.journal_path
-        if resume_state is not None:
-            log.info(
-                "resuming",
-                **resume_state.counts(),
-                next_request=resume_state.next_request,
-                unreadable_records=resume_state.skipped_records,
-            )
-        fsync = settings.fsync == "request"
-        if settings.outcomes == "-":
-            sink = FileSink(sys.stdout.buffer, fsync=False)
-        else:
-            try:
-                sink = FileSink.open_path(settings.outcomes, fsync=fsync)
-            except OSError as exc:
-                raise ConfigError(
-                    f"can't open --outcomes {settings.outcomes}: {exc.strerror}"
-                ) from None
-        try:
-            journal = Journal(journal_path, fsync=fsync) if journal_path else None
-        except OSError as exc:
-            if settings.outcomes != "-":
-                sink.close()
-            raise ConfigError(f"can't open the journal {journal_path}: {exc.strerror}") from None
-        stats = RunStats()
-        stats.input_bytes_total = total_input_bytes(inputs)
-        log.info("start", config=settings.redacted(), inputs=inputs, emulator=emulator or None)
-        pipeline = Pipeline(
-            settings,
-            api_key=key,
-            sink=sink,
-            journal=journal,
-            resume=resume_state,
-            stats=stats,
-            log=log,
-            source=read_inputs(inputs, max_line_bytes=settings.max_line_bytes),
-        )
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, pipeline.request_stop)
-        try:
-            async with _observers(settings, stats, log):
-                result = await pipeline.run()
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-            if settings.outcomes != "-":
-                sink.close()
-            else:
-                sys.stdout.buffer.flush()
-            if journal is not None:
-                journal.close()
-        _report_summary(stats, log)
-        return result.exit_code
+    return check_main(list(argv))
 
 
-@contextlib.asynccontextmanager
-async def _observers(settings: Settings, stats: RunStats, log: Any) -> AsyncIterator[None]:
-    """The metrics endpoint and the progress reporter, for the length of the run."""
-    async with contextlib.AsyncExitStack() as stack:
-        if settings.metrics_port is not None:
-            from streamsend._metrics import serve_metrics
+def _emulator_main(argv: Sequence[str]) -> int:
+    from streamsend.emulator import emulator_main
 
-            url = await stack.enter_async_context(serve_metrics(stats, port=settings.metrics_port))
-            log.info("metrics_listening", url=url)
-        from streamsend._progress import report_progress
-
-        progress = asyncio.create_task(
-            report_progress(
-                stats,
-                interval=settings.progress_interval,
-                live=sys.stderr.isatty(),
-                stream=sys.stderr,
-                log=log,
-            )
-        )
-        try:
-            yield
-        finally:
-            progress.cancel()
-            await asyncio.gather(progress, return_exceptions=True)
+    return emulator_main(list(argv))
 
 
-def _report_summary(stats: RunStats, log: Any) -> None:
-    from streamsend._progress import format_summary, summary_fields
+def _demo_main(argv: Sequence[str]) -> int:
+    from streamsend._demo import demo_main
 
-    snapshot = stats.snapshot()
-    log.info("summary", **summary_fields(snapshot))
-    if sys.stderr.isatty():
-        print(format_summary(snapshot), file=sys.stderr)
+    return demo_main(argv)
+
+
+#: Every command: its function (which imports what it needs when called) and its one-line help.
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "send": (send_main, "send NDJSON messages through the Trackly bulk API"),
+    "check": (_check_main, "validate a campaign offline: segments, encoding, cost"),
+    "emulator": (_emulator_main, "run the built-in Trackly emulator"),
+    "demo": (_demo_main, "send a sample campaign through the built-in emulator"),
+    "config": (config_main, "show the effective configuration (config show)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: `streamsend --help` and the command's name."""
+    parser = OneLineParser(
+        prog="streamsend",
+        description="Send SMS at volume through the Trackly bulk API: validated, batched, "
+        "paced, retried safely, one outcome per input line.",
+        epilog="Run `streamsend COMMAND --help` for a command's flags.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in COMMANDS:
+        build_parser().parse_args(args[:1])  # --help, or a one-line usage error (exit 2)
+        return ExitCode.USAGE
+    command, _ = COMMANDS[args[0]]
+    try:
+        return command(args[1:])
+    except (ConfigError, InputError) as exc:
+        print(f"streamsend: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    except OSError as exc:
+        # The disk filled up, a file vanished mid-run...: not a bug, but the run can't go on.
+        return _stopped_by(f"{exc.strerror or exc} ({exc.filename or 'I/O'})", exc)
+    except Exception as exc:  # the last line of defence: no traceback reaches a user
+        return _stopped_by(f"internal error: {type(exc).__name__}: {exc}", exc)
+
+
+def _stopped_by(reason: str, exc: BaseException) -> int:
+    """One line instead of a traceback; the traceback goes to the log at debug level."""
+    from streamsend._logs import get_logger, redact
+
+    get_logger("streamsend").debug("stopped_by_error", exc_info=exc)
+    print(
+        f"streamsend: error: {redact(reason)}; the outcomes and the journal written so far are "
+        "kept: fix the cause and rerun with --resume",
+        file=sys.stderr,
+    )
+    return ExitCode.INTERNAL

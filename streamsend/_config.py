@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from streamsend._exceptions import ConfigError
+from streamsend._types import ApiVersion
 
 DEFAULT_BASE_URL = "https://app.tracklysms.com/api"
 API_KEY_ENV = "TRACKLY_API_KEY"
@@ -58,7 +59,7 @@ class Settings:
     """The effective configuration of one `streamsend send` run."""
 
     base_url: str = DEFAULT_BASE_URL
-    api_version: Literal["v1", "v2"] = "v1"
+    api_version: ApiVersion = "v1"
     sender: str | None = None  # --from: v1 from_phone_number_id / v2 list_number
     batch_size: int = 1000
     linger_ms: float = 250.0

@@ -1,12 +1,14 @@
 """`streamsend demo`: a rehearsal campaign through the built-in emulator, end to end.
 
 It writes a sample campaign (personalised bodies, a few accented and emoji bodies, and a handful of
-deliberately bad lines), streams it through `streamsend send --emulator` exactly as a user would,
-and prints the outcome summary. Nothing leaves the machine.
+deliberately bad lines), sends it through the same run as `streamsend send --emulator` (the
+emulator in-process, the journal, the outcomes file), and prints the outcome summary. Nothing
+leaves the machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import sys
@@ -16,6 +18,8 @@ from collections.abc import Sequence
 
 import orjson
 
+from streamsend._config import load_settings
+from streamsend._types import ExitCode
 from streamsend._usage import OneLineParser
 
 _NAMES = ("Ana", "Bo", "Chidi", "Dana", "Émile", "Farah", "Goran", "Hana", "Ivo", "Júlia")
@@ -46,6 +50,7 @@ def write_campaign(path: str, messages: int) -> None:
 
 
 def demo_main(argv: Sequence[str]) -> int:
+    """`streamsend demo`: write a sample campaign, send it to the built-in emulator, summarise."""
     parser = OneLineParser(
         prog="streamsend demo",
         description="Send a sample campaign through the built-in Trackly emulator and print "
@@ -57,7 +62,7 @@ def demo_main(argv: Sequence[str]) -> int:
     if args.messages < 1:
         parser.error("--messages must be at least 1")
 
-    from streamsend._cli import main
+    from streamsend._run import send_campaign
 
     with tempfile.TemporaryDirectory(prefix="streamsend-demo-") as scratch:
         folder = args.keep or scratch
@@ -67,23 +72,15 @@ def demo_main(argv: Sequence[str]) -> int:
         write_campaign(campaign, args.messages)
         print(f"campaign: {args.messages} messages (+ a few bad lines) in {campaign}")
         print("sending through the built-in emulator (streamsend send --emulator) ...", flush=True)
+        settings = load_settings(cli={"outcomes": outcomes, "log_level": "warning"})
         started = time.perf_counter()
-        code = main(
-            [
-                "send",
-                "--emulator",
-                campaign,
-                "--outcomes",
-                outcomes,
-                "--overwrite",
-                "--log-level",
-                "warning",
-            ]
+        code = asyncio.run(
+            send_campaign(settings, [campaign], api_key=None, overwrite=True, emulator=True)
         )
         elapsed = time.perf_counter() - started
-        if code not in (0, 1):
+        if code not in (ExitCode.OK, ExitCode.NOT_ALL_QUEUED):
             print(f"the send failed with exit code {code}", file=sys.stderr)
-            return code
+            return int(code)
         by_status: collections.Counter[str] = collections.Counter()
         by_code: collections.Counter[str] = collections.Counter()
         segments = 0
@@ -101,7 +98,7 @@ def demo_main(argv: Sequence[str]) -> int:
         if by_code:
             print("  codes: " + ", ".join(f"{c} {n}" for c, n in by_code.most_common()))
         print(f"  segments sent: {segments:,}")
-        print(f"exit code {code} (1 = finished, some lines not queued: the bad lines above)")
+        print(f"exit code {int(code)} (1 = finished, some lines not queued: the bad lines above)")
         if args.keep:
             print(f"outcomes kept in {outcomes}")
     return 0

@@ -3,13 +3,15 @@
     StreamsendError
     ├── ConfigError            bad flag, config file or environment value (exit 2)
     ├── InputError             an input file can't be opened or read (exit 2)
-    └── SendError              one request attempt went wrong; carries the batch it concerns
+    └── SendError              one request attempt went wrong; carries the request's number,
+                               the HTTP status (when there was one) and a machine code
         ├── NotSent            the service certainly did not accept it: safe to retry
         │   └── RateLimited    429: pause the sender for `retry_after` seconds, then retry
         ├── MaybeSent          the request left us and no readable answer came back: the
         │                      messages may be queued. Never resent unless the user opts in.
-        └── Refused            the service answered with a request-level error: don't retry
-            └── FatalServiceError  401 / list_not_found: every later request would fail too
+        └── Refused            a request-level error (400, 404, 413): don't retry
+            └── FatalServiceError  401, 403 (suspended) or list_not_found: every later
+                                   request would fail too, so the run stops
 
 The distinction that matters for SMS is between *not sent*, *maybe sent* and *refused*: a message
 resent after a *maybe sent* error can reach a person twice, which costs money and trust.
@@ -69,11 +71,11 @@ class MaybeSent(SendError):
 
 
 class Refused(SendError):
-    """A request-level error from the service (400, 403, 404, 413): retrying can't help."""
+    """A request-level error from the service (400, 404, 413): retrying can't help."""
 
 
 class FatalServiceError(Refused):
-    """401 or list_not_found: every later request would fail the same way, so the run stops."""
+    """401, 403 or list_not_found: every later request would fail the same way: the run stops."""
 
 
 def map_transport_error(exc: BaseException, *, transmitted: bool, request: int | None) -> SendError:

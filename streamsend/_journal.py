@@ -18,7 +18,6 @@ ignored on reading, and is necessarily the last one.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from array import array
 from collections.abc import Iterator, Sequence
@@ -27,6 +26,7 @@ from enum import IntEnum
 
 import orjson
 
+from streamsend._durable import GroupSync, end_torn_line
 from streamsend._models import FINAL_STATUSES, Message, Status
 
 
@@ -64,65 +64,16 @@ def _expand(runs: list[list[int]]) -> Iterator[int]:
         yield from range(first, last + 1)
 
 
-def end_torn_line(fd: int, path: str) -> None:
-    """If a killed run left half a line at the end of `path` (open for appending as `fd`),
-    end it, so the next record starts on its own line instead of being glued to the torn one."""
-    size = os.fstat(fd).st_size
-    if size:
-        with open(path, "rb") as reader:
-            reader.seek(size - 1)
-            if reader.read(1) != b"\n":
-                os.write(fd, b"\n")
+class FileJournal:
+    """The `Journal` in a file beside the outcomes file (see the module docstring).
 
-
-class GroupSync:
-    """fdatasync for an append-only file, shared by concurrent callers (group commit).
-
-    Each request used to pay its own fdatasync, one after another, while holding a request slot;
-    with eight requests in flight most of those calls covered the same writes. Here one call
-    covers every write noted before it started: a caller whose writes are already covered
-    returns at once, otherwise it joins the sync under way or starts the next one.
+    `sync()` makes the start records written so far durable (with the fsync policy on);
+    `resume_state()` reads back this journal together with the outcomes file it belongs to.
     """
 
-    def __init__(self, fd: int, *, quiet: bool = False) -> None:
-        self._fd = fd
-        self._quiet = quiet  # pipes and terminals can't be synced: nothing to do there
-        self._written = 0  # writes noted so far
-        self._synced = 0  # writes known to be on disk
-        self._running: asyncio.Future[None] | None = None
-
-    def wrote(self) -> None:
-        self._written += 1
-
-    async def sync(self) -> None:
-        target = self._written
-        while self._synced < target:
-            if self._running is None:
-                self._running = asyncio.ensure_future(self._sync_once())
-            # Shielded: a caller cancelled while waiting must not cancel the others' sync.
-            await asyncio.shield(self._running)
-
-    async def _sync_once(self) -> None:
-        covers = self._written
-        try:
-            await asyncio.to_thread(self.sync_now)
-            self._synced = max(self._synced, covers)
-        finally:
-            self._running = None
-
-    def sync_now(self) -> None:
-        try:
-            os.fdatasync(self._fd)
-        except OSError:
-            if not self._quiet:
-                raise
-
-
-class Journal:
-    """Appends journal records. `sync()` makes what was written durable (per the fsync policy)."""
-
-    def __init__(self, path: str, *, fsync: bool) -> None:
+    def __init__(self, path: str, *, fsync: bool, outcomes_path: str | None = None) -> None:
         self.path = path
+        self.outcomes_path = outcomes_path
         self._fsync = fsync
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         end_torn_line(self._fd, path)
@@ -147,6 +98,10 @@ class Journal:
         """Make every start record written so far durable (with the fsync policy on)."""
         if self._fsync:
             await self._group_sync.sync()
+
+    def resume_state(self, *, resend_unknown: bool) -> ResumeState:
+        """What earlier runs left, from this journal and its outcomes file."""
+        return ResumeState.load(self.outcomes_path, self.path, resend_unknown=resend_unknown)
 
     def close(self) -> None:
         if self._fsync:
@@ -200,10 +155,12 @@ class ResumeState:
         return totals
 
     @classmethod
-    def load(cls, outcomes_path: str, journal_path: str, *, resend_unknown: bool) -> ResumeState:
+    def load(
+        cls, outcomes_path: str | None, journal_path: str, *, resend_unknown: bool
+    ) -> ResumeState:
         resume = cls(resend_unknown=resend_unknown)
         highest = 0
-        if os.path.exists(outcomes_path):
+        if outcomes_path is not None and os.path.exists(outcomes_path):
             for record in resume._records(outcomes_path):
                 source, line, status = (
                     record.get("source"),

@@ -71,30 +71,6 @@ class Outcome(NamedTuple):
         """The caller's `ref`, decoded (None when the line had none)."""
         return orjson.loads(self.ref_json) if self.ref_json else None
 
-    def to_dict(self) -> dict[str, object]:
-        """The outcome as the outcomes file writes it (absent fields left out)."""
-        record: dict[str, object] = {
-            "line": self.line,
-            "source": self.source,
-            "status": self.status.value,
-        }
-        for name in ("code", "error", "to_msisdn"):
-            value = getattr(self, name)
-            if value is not None:
-                record[name] = value
-        if self.ref_json:
-            record["ref"] = self.ref
-        record["attempts"] = self.attempts
-        if self.request is not None:
-            record["request"] = self.request
-        if self.sender is not None:
-            record["sender"] = self.sender
-        if self.segments is not None:
-            record["segments"] = self.segments
-        if self.encoding is not None:
-            record["encoding"] = self.encoding.value
-        return record
-
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -102,7 +78,6 @@ class Batch:
 
     sender: str
     messages: tuple[Message, ...]
-    body_bytes: int  # the encoded request body's size, as the batcher counted it
 
     def __len__(self) -> int:
         return len(self.messages)

@@ -15,24 +15,14 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 import orjson
 
-from streamsend._journal import GroupSync, end_torn_line
+from streamsend._durable import GroupSync, end_torn_line
 from streamsend._models import BatchOutcome, Encoding, Outcome
 
 _ENCODING_BYTES = {Encoding.GSM7: b"gsm7", Encoding.UCS2: b"ucs2"}
-
-
-class OutcomeSink(Protocol):
-    """Where outcomes go. `write`/`write_batch` must not block for long; `flush` may."""
-
-    def write(self, outcomes: Sequence[Outcome]) -> None: ...
-
-    def write_batch(self, result: BatchOutcome) -> None: ...
-
-    async def flush(self) -> None: ...
 
 
 class OutcomeEncoder:
@@ -146,10 +136,14 @@ class OutcomeEncoder:
 
 
 class FileSink:
-    """Appends outcome lines to a file (or stdout). `fsync` makes every flush durable on disk."""
+    """Appends outcome lines to a file (or stdout). `fsync` makes every flush durable on disk.
 
-    def __init__(self, file: BinaryIO, *, fsync: bool) -> None:
+    `close()` closes the file only when the sink owns it (not stdout: it only flushes that).
+    """
+
+    def __init__(self, file: BinaryIO, *, fsync: bool, owns_file: bool = True) -> None:
         self._file = file
+        self._owns_file = owns_file
         self._fsync = fsync
         self._encoder = OutcomeEncoder()
         self._dirty = False
@@ -187,7 +181,8 @@ class FileSink:
         self._file.flush()
         if self._fsync:
             self._group_sync.sync_now()
-        self._file.close()
+        if self._owns_file:
+            self._file.close()
 
 
 class MemorySink:

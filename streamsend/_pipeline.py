@@ -1,12 +1,12 @@
-"""The pipeline: source → validation → batcher → sender → outcomes, for one run.
+"""The pipeline: source → validation → batcher → dispatcher → outcomes, for one run.
 
 What it promises, end to end: every non-blank input line it reads gets exactly one outcome,
 except when the run is aborted (a fatal service answer, a second signal or a drain timeout),
 where lines that never reached the service get none and `--resume` sends them later.
 
-Backpressure: the sender's per-sender queues are bounded (in batches), `submit()` waits when one
-is full, and the reader only reads the next chunk after the current one is batched. So a slow or
-throttling service slows the reading, and memory stays flat whatever the input size.
+Backpressure: the dispatcher's lanes hold a bounded number of waiting messages, `submit()` waits
+when they are full, and the reader only reads the next chunk after the current one is batched. So
+a slow or throttling service slows the reading, and memory stays flat whatever the input size.
 """
 
 from __future__ import annotations
@@ -14,33 +14,34 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from streamsend._attempts import Backoff
 from streamsend._batcher import Batcher
 from streamsend._config import Settings
-from streamsend._journal import Decision, Journal, ResumeState
+from streamsend._dispatch import Dispatcher, DispatchSettings
+from streamsend._journal import Decision, ResumeState
 from streamsend._models import Batch, Message, Outcome, Status
-from streamsend._outcomes import OutcomeSink
-from streamsend._retry import Backoff
-from streamsend._sender import Sender, SenderSettings, batch_cap_for_rate
-from streamsend._source import LineBlock, LineSource
+from streamsend._pacing import LocalRateLimiter
 from streamsend._stats import RunStats
+from streamsend._types import (
+    ExitCode,
+    Journal,
+    LineBlock,
+    LineSource,
+    Logger,
+    OutcomeSink,
+    RateLimiter,
+)
 from streamsend._validate import Validator
-
-EXIT_OK = 0
-EXIT_NOT_ALL_QUEUED = 1
-EXIT_USAGE = 2
-EXIT_ABORTED = 3
-EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    exit_code: int
+    exit_code: ExitCode
     aborted: bool  # a fatal service answer stopped the run
     interrupted: bool  # a signal stopped the reading early
 
@@ -57,8 +58,9 @@ class Pipeline:
         sink: OutcomeSink,
         journal: Journal | None = None,
         resume: ResumeState | None = None,
+        limiter: RateLimiter | None = None,
         stats: RunStats | None = None,
-        log: Any = None,
+        log: Logger = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -73,16 +75,17 @@ class Pipeline:
             default_sender=settings.sender,
             max_line_bytes=settings.max_line_bytes,
         )
-        cap_for_sender = self._cap_for_sender
+        if limiter is None:
+            limiter = LocalRateLimiter(settings.rate_for, batch_size=settings.batch_size)
         self._batcher = Batcher(
             api_version=settings.api_version,
             max_messages=settings.batch_size,
             linger=settings.linger_ms / 1000,
             max_buffered=settings.max_buffered,
-            cap_for_sender=cap_for_sender,
+            cap_for_sender=limiter.batch_cap,
         )
-        self.sender = Sender(
-            SenderSettings(
+        self.dispatcher = Dispatcher(
+            DispatchSettings(
                 base_url=settings.base_url,
                 api_version=settings.api_version,
                 api_key=api_key,
@@ -95,25 +98,21 @@ class Pipeline:
             sink=sink,
             journal=journal,
             stats=self.stats,
-            rate_for_sender=settings.rate_for,
-            cap_for_sender=cap_for_sender,
+            limiter=limiter,
             first_request=resume.next_request if resume else 1,
             log=self._log,
             rng=rng,
         )
-        self.stats.queue_depth_probes["batches_waiting"] = self.sender.queued_batches
+        self.stats.queue_depth_probes["batches_waiting"] = self.dispatcher.queued_batches
         self.stats.queue_depth_probes["messages_buffered"] = lambda: self._batcher.buffered
         self._stop_requests = 0
-        self._reader_waiting = False  # the reader is handing batches to a full sender
+        self._reader_waiting = False  # the reader is handing batches to a full dispatcher
         self._stopping = asyncio.Event()
         self._not_all_queued = False
-        # Batches the batcher closed but the sender hasn't taken yet, because the task handing
+        # Batches the batcher closed but the dispatcher hasn't taken yet, because the task handing
         # them over was cancelled while submit() waited for room (reading ended or stopped).
         # They are batched all the same, so run() sends them before the batcher's open ones.
         self._unsubmitted: list[Batch] = []
-
-    def _cap_for_sender(self, sender: str) -> int:
-        return batch_cap_for_rate(self.settings.rate_for(sender), self.settings.batch_size)
 
     def request_stop(self) -> None:
         """First call: stop reading, send what is batched, drain. Second call: stop at once."""
@@ -127,11 +126,11 @@ class Pipeline:
     async def run(self) -> RunResult:
         """Run to the end of input or a stop; if reading failed, drain, then raise InputError."""
         read_error: BaseException | None = None
-        async with self.sender:
+        async with self.dispatcher:
             reader = asyncio.create_task(self._read_all(), name="reader")
             linger = asyncio.create_task(self._flush_lingering(), name="linger")
             stop_wait = asyncio.create_task(self._stopping.wait())
-            abort_wait = asyncio.create_task(self.sender.aborted.wait())
+            abort_wait = asyncio.create_task(self.dispatcher.aborted.wait())
             try:
                 await asyncio.wait(
                     [reader, stop_wait, abort_wait], return_when=asyncio.FIRST_COMPLETED
@@ -144,9 +143,9 @@ class Pipeline:
                 linger.cancel()
                 await asyncio.gather(linger, return_exceptions=True)
                 for batch in [*self._unsubmitted, *self._batcher.flush_all()]:
-                    if self.sender.aborted.is_set():
+                    if self.dispatcher.aborted.is_set():
                         break
-                    await self.sender.submit(batch)
+                    await self.dispatcher.submit(batch)
                 self._unsubmitted.clear()
                 await self._drain()
             finally:
@@ -155,26 +154,26 @@ class Pipeline:
                     task.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
                 await self._sink.flush()
-        if self.sender.crashed is not None:
-            raise self.sender.crashed
+        if self.dispatcher.crashed is not None:
+            raise self.dispatcher.crashed
         if read_error is not None:
             raise read_error
-        if self.sender.fatal is not None:
-            code = EXIT_ABORTED
+        if self.dispatcher.fatal is not None:
+            code = ExitCode.ABORTED
         elif self._stop_requests:
-            code = EXIT_INTERRUPTED
+            code = ExitCode.INTERRUPTED
         elif self._not_all_queued or any(
             count for status, count in self.stats.by_status.items() if status != "queued"
         ):
-            code = EXIT_NOT_ALL_QUEUED
+            code = ExitCode.NOT_ALL_QUEUED
         else:
-            code = EXIT_OK
-        return RunResult(code, self.sender.fatal is not None, bool(self._stop_requests))
+            code = ExitCode.OK
+        return RunResult(code, self.dispatcher.fatal is not None, bool(self._stop_requests))
 
     async def _drain(self) -> None:
         """Wait for requests in flight; once stopping, for at most drain_timeout; at a second
         signal, not at all."""
-        drain = asyncio.create_task(self.sender.drain())
+        drain = asyncio.create_task(self.dispatcher.drain())
         waiters: list[asyncio.Task[Any]] = []
         try:
             if not self._stop_requests:
@@ -194,7 +193,7 @@ class Pipeline:
             if not drain.done():
                 # Requests still in flight are abandoned: their lines are reported `unknown`
                 # when they were transmitted, and journaled `unsent` (for --resume) when not.
-                await self.sender.cancel()
+                await self.dispatcher.cancel()
                 drain.cancel()
                 self._not_all_queued = True
         finally:
@@ -214,7 +213,7 @@ class Pipeline:
     async def _read_all(self) -> None:
         async for block in self._source:
             await self._take_block(block)
-            if self.sender.aborted.is_set():
+            if self.dispatcher.aborted.is_set():
                 return
 
     async def _take_block(self, block: LineBlock) -> None:
@@ -235,7 +234,7 @@ class Pipeline:
             for outcome in others:
                 stats.count_outcome(outcome.status.value, outcome.sender)
             await self._sink.flush()
-        # While the reader waits for room in the sender, it holds the next lines already: the
+        # While the reader waits for room in the dispatcher, it holds the next lines already: the
         # linger must not send a partly filled batch then (see _flush_lingering).
         self._reader_waiting = True
         try:
@@ -244,10 +243,10 @@ class Pipeline:
             self._reader_waiting = False
 
     async def _submit_all(self, batches: list[Batch]) -> None:
-        """Hand batches to the sender; keep those a cancellation leaves in hand for run()."""
+        """Hand batches to the dispatcher; keep those a cancellation leaves in hand for run()."""
         for i, batch in enumerate(batches):
             try:
-                await self.sender.submit(batch)
+                await self.dispatcher.submit(batch)
             except asyncio.CancelledError:
                 # submit() enqueues nothing when cancelled: this batch and the rest are ours.
                 self._unsubmitted.extend(batches[i:])
@@ -314,8 +313,3 @@ def _in_flight_at_crash(message: Message, request: int | None) -> Outcome:
         message.segments,
         message.encoding,
     )
-
-
-async def lines_from(messages: Sequence[bytes], source: str = "-") -> AsyncIterator[LineBlock]:
-    """A LineSource over lines already in memory (the tests feed the pipeline this way)."""
-    yield LineBlock(source, 1, list(messages), sum(len(m) + 1 for m in messages))

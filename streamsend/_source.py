@@ -16,30 +16,14 @@ import os
 import stat
 import sys
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from streamsend._exceptions import InputError
+from streamsend._types import LineBlock
 
 CHUNK_SIZE = 1 << 20
 DEFAULT_MAX_LINE_BYTES = 64 * 1024
 _BOM = b"\xef\xbb\xbf"
-
-
-@dataclass(frozen=True, slots=True)
-class LineBlock:
-    """Consecutive lines of one input: `lines[i]` is line `first_line + i` of `source`."""
-
-    source: str  # the input path as given, "-" for stdin
-    first_line: int
-    lines: list[bytes | None]  # None: longer than the limit, dropped unread
-    nbytes: int  # input bytes these lines came from, for progress
-
-
-class LineSource(Protocol):
-    """Anything that yields LineBlocks; tests plug in lists, the CLI uses `read_inputs`."""
-
-    def __aiter__(self) -> AsyncIterator[LineBlock]: ...
 
 
 class _ChunkReader(Protocol):

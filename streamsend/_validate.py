@@ -20,14 +20,13 @@ import json
 import re
 from collections.abc import Sequence
 from functools import partial
-from typing import Literal
 
 import orjson
 
 from streamsend._models import Encoding, Message, Outcome, Status
+from streamsend._protocol import protocol_for
 from streamsend._segments import ASCII_SEGMENT_SPECIAL, count_segments, count_segments_ascii
-
-ApiVersion = Literal["v1", "v2"]
+from streamsend._types import ApiVersion
 
 # Message(...) runs NamedTuple's generated Python __new__; building the tuple directly skips
 # that frame, which is a tenth of validating a plain line.
@@ -48,10 +47,6 @@ _PLAIN_LINE = re.compile(
 )
 
 _PHONE_FORMATTING = str.maketrans("", "", " -.()\t")
-
-# Fields a line may carry besides the recipient and the body; others are ignored, as the service
-# ignores them.
-_V2_PASSTHROUGH = ("contact_data", "metadata")
 
 
 def normalise_phone(raw: str) -> str | None:
@@ -92,17 +87,14 @@ class Validator:
         self.api_version = api_version
         self.max_line_bytes = max_line_bytes  # the source enforces it; named in the error
         self.default_sender = default_sender
-        self._sender_field = "from_phone_number_id" if api_version == "v1" else "list_number"
+        self._protocol = protocol_for(api_version)
+        self._sender_field = self._protocol.sender_field
         # The fast path can only serve lines that use the default sender; without one, every
         # line must name its own and takes the full path.
         self._fast = default_sender is not None and self._sender_problem(default_sender) is None
         self._default_sender_str = default_sender or ""
         # The plain line's wire form: the recipient and body bytes drop into this unchanged.
-        if api_version == "v1":
-            self._wire_template = b'{"to_msisdn":"%b","body":"%b"}'
-        else:
-            sender_json = orjson.dumps(default_sender or "").replace(b"%", b"%%")
-            self._wire_template = b'{"to":"%b","list_number":' + sender_json + b',"body":"%b"}'
+        self._wire_template = self._protocol.plain_message_template(default_sender or "")
 
     def validate(self, source: str, line: int, raw: bytes) -> Message | Outcome:
         """Validate one line (without its line ending). Never raises on any input."""
@@ -269,16 +261,16 @@ class Validator:
                 "body_too_long", f"`body` has {len(body)} characters; the limit is 1600", ref_json
             )
 
-        other_field = "list_number" if self.api_version == "v1" else "from_phone_number_id"
-        if obj.get(other_field) is not None:
-            # A v1 input run with --api-version v2 (or the reverse) would otherwise send every
-            # message from --from, silently, instead of the number the line names.
-            return invalid(
-                "wrong_sender_field",
-                f"`{other_field}` is the other API version's sender field; with "
-                f"{self.api_version} name the sender in `{self._sender_field}`",
-                ref_json,
-            )
+        for other_field in self._protocol.other_sender_fields:
+            if obj.get(other_field) is not None:
+                # A v1 input run with --api-version v2 (or the reverse) would otherwise send
+                # every message from --from, silently, instead of the number the line names.
+                return invalid(
+                    "wrong_sender_field",
+                    f"`{other_field}` is the other API version's sender field; with "
+                    f"{self.api_version} name the sender in `{self._sender_field}`",
+                    ref_json,
+                )
         sender = obj.get(self._sender_field)
         if sender is None:
             sender = self.default_sender
@@ -294,26 +286,26 @@ class Validator:
         assert isinstance(sender, str)
 
         segments, encoding = count_segments(body)
-        if self.api_version == "v1":
-            wire = orjson.dumps({"to_msisdn": to, "body": body})
-        else:
-            fields: dict[str, object] = {"to": to, "list_number": sender, "body": body}
-            for name in _V2_PASSTHROUGH:
-                if obj.get(name) is not None:  # null means absent, as it does for `ref`
-                    if not isinstance(obj[name], dict):
-                        return invalid("wrong_type", f"`{name}` must be an object", ref_json)
-                    fields[name] = obj[name]
-            try:
-                wire = orjson.dumps(fields)
-            except orjson.JSONEncodeError:  # orjson reads deeper nesting than it writes
-                return invalid("too_deep", "`contact_data` or `metadata` is nested too deeply")
+        extra: dict[str, object] = {}
+        for name in self._protocol.passthrough:
+            if obj.get(name) is not None:  # null means absent, as it does for `ref`
+                if not isinstance(obj[name], dict):
+                    return invalid("wrong_type", f"`{name}` must be an object", ref_json)
+                extra[name] = obj[name]
+        try:
+            wire = self._protocol.message(to, sender, body, extra)
+        except orjson.JSONEncodeError:  # orjson reads deeper nesting than it writes
+            return invalid("too_deep", "`contact_data` or `metadata` is nested too deeply")
         return Message(source, line, to, sender, wire, ref_json, segments, encoding)
 
     def _sender_problem(self, sender: object) -> tuple[str, str] | None:
         if not isinstance(sender, str) or not sender:
             return "wrong_type", f"`{self._sender_field}` must be a non-empty string"
-        if self.api_version == "v2" and not is_e164(sender):
-            return "invalid_list_number", f"`list_number` must be E.164, got {sender[:40]!r}"
+        if self._protocol.e164_sender and not is_e164(sender):
+            return (
+                f"invalid_{self._sender_field}",
+                f"`{self._sender_field}` must be E.164, got {sender[:40]!r}",
+            )
         if len(sender) > 128:
             return "invalid_sender", f"`{self._sender_field}` is longer than 128 characters"
         return None
@@ -354,4 +346,4 @@ def sender_problem(api_version: ApiVersion, sender: str) -> str | None:
     return None if problem is None else problem[1]
 
 
-__all__ = ["MAX_BODY_CHARS", "ApiVersion", "Encoding", "Validator", "is_e164", "normalise_phone"]
+__all__ = ["MAX_BODY_CHARS", "Validator", "is_e164", "normalise_phone"]

@@ -7,7 +7,7 @@ and the helpers that several test modules use (import them: `from tests.conftest
         emu = await emulator(faults=FaultConfig(error_5xx=1.0))
 
 Every emulator a test starts is stopped when the test ends. The defaults are the names in
-`streamsend.emulator._testing` (re-exported here) and a ledger in the test's tmp_path.
+`streamsend.testing` (re-exported here) and a ledger in the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pytest
 from aiohttp import web
 
 from streamsend.emulator import EmulatorConfig, RunningEmulator, run_emulator
-from streamsend.emulator._testing import API_KEY, V1_LIST, V2_LIST, EmulatorFactory, read_ledger
+from streamsend.testing import API_KEY, V1_LIST, V2_LIST, EmulatorFactory, read_ledger
 
 __all__ = [
     "API_KEY",

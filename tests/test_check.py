@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from streamsend._check import CheckSummary, check_inputs, check_main
-from streamsend._validate import ApiVersion
+from streamsend._types import ApiVersion
 
 E164 = "+14155551234"
 

@@ -39,25 +39,23 @@ import structlog
 from aiohttp import web
 from structlog.typing import EventDict
 
+import streamsend._dispatch
 import streamsend._pipeline
-import streamsend._retry
-import streamsend._sender
 import streamsend._validate
 from streamsend._batcher import Batcher
 from streamsend._config import Settings
-from streamsend._journal import Journal
+from streamsend._journal import FileJournal
 from streamsend._models import Status
 from streamsend._outcomes import FileSink, MemorySink
 from streamsend._pipeline import (
-    EXIT_ABORTED,
-    EXIT_INTERRUPTED,
-    EXIT_NOT_ALL_QUEUED,
     Pipeline,
     RunResult,
 )
-from streamsend._source import LineBlock, read_inputs
+from streamsend._protocol import WireProtocol
+from streamsend._source import read_inputs
+from streamsend._types import ExitCode, LineBlock
 from streamsend.emulator import FaultConfig, RunningEmulator
-from streamsend.emulator._testing import API_KEY, V1_LIST, EmulatorFactory, read_ledger
+from streamsend.testing import API_KEY, V1_LIST, EmulatorFactory, read_ledger
 from tests.conftest import serve_locally
 
 LINES = 20_000
@@ -179,7 +177,7 @@ async def run_pipeline(
     assert settings.journal_path is not None
     log = CapturedLog()
     sink = FileSink.open_path(settings.outcomes, fsync=False)
-    journal = Journal(settings.journal_path, fsync=False)
+    journal = FileJournal(settings.journal_path, fsync=False)
     try:
         pipeline = Pipeline(
             settings,
@@ -242,7 +240,7 @@ def check_delivery(run: Run, *, resend_unknown: bool = False) -> None:
 
 
 def exit_code_for(run: Run) -> int:
-    return 0 if set(run.statuses()) == {"queued"} else EXIT_NOT_ALL_QUEUED
+    return 0 if set(run.statuses()) == {"queued"} else ExitCode.NOT_ALL_QUEUED
 
 
 # -- no faults, then one fault kind at a time --------------------------------------------------
@@ -262,7 +260,7 @@ async def test_without_faults_every_line_is_delivered_once(
         "rejected": rejectable,
         "invalid": invalid,
     }
-    assert run.result.exit_code == EXIT_NOT_ALL_QUEUED
+    assert run.result.exit_code == ExitCode.NOT_ALL_QUEUED
 
 
 async def test_5xx_is_retried_and_never_ambiguous(
@@ -366,7 +364,7 @@ async def test_all_faults_together(emulator: EmulatorFactory, tmp_path: Path) ->
     check_delivery(run)
     kinds = ("error_5xx", "rate_429", "drop_before", "drop_after", "hang", "truncated_body")
     assert all(run.stats["faults"][kind] > 0 for kind in kinds), run.stats["faults"]
-    assert run.result.exit_code == EXIT_NOT_ALL_QUEUED
+    assert run.result.exit_code == ExitCode.NOT_ALL_QUEUED
 
 
 # -- at-least-once -----------------------------------------------------------------------------
@@ -456,7 +454,7 @@ async def test_401_aborts_and_leaves_unsent_lines_without_outcome(
     emu = await emulator()
     wrong_key = "trk_" + "W" * 32
     run = await run_pipeline(emu, tmp_path, api_key=wrong_key)
-    assert run.result.exit_code == EXIT_ABORTED
+    assert run.result.exit_code == ExitCode.ABORTED
     assert run.result.aborted
     assert run.ledger == []
     sent = [o for o in run.outcomes if o["status"] != "invalid"]
@@ -522,30 +520,30 @@ async def test_413_on_a_single_message_fails_it(tmp_path: Path) -> None:
     }
     assert seen == [8, 4, 4, 2, 1, 1, 2]  # halves, depth first, until line 5 is alone
     assert len(log.named("payload_too_large_split")) == 3
-    assert result.exit_code == EXIT_NOT_ALL_QUEUED
+    assert result.exit_code == ExitCode.NOT_ALL_QUEUED
 
 
 # -- a bug inside the sender -------------------------------------------------------------------
 
 
-async def test_an_internal_error_in_the_sender_stops_the_run_and_is_raised(
+async def test_an_internal_error_in_the_dispatcher_stops_the_run_and_is_raised(
     emulator: EmulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An exception that is no service answer (a bug) must not be swallowed: the run stops
     reading, the requests already answered keep their outcomes, and run() raises the error.
     The lines of the request it broke get no outcome, so --resume reports them `unknown`."""
-    original = streamsend._retry.classify_response
+    original = WireProtocol.classify
 
     def broken_on_request_3(
-        status: int, body: bytes, retry_after: str | None, *, request: int
+        protocol: WireProtocol, status: int, body: bytes, retry_after: str | None, *, request: int
     ) -> Any:
         if request == 3:
-            raise RuntimeError("a bug in the sender")
-        return original(status, body, retry_after, request=request)
+            raise RuntimeError("a bug in the dispatcher")
+        return original(protocol, status, body, retry_after, request=request)
 
-    monkeypatch.setattr(streamsend._sender, "classify_response", broken_on_request_3)
+    monkeypatch.setattr(WireProtocol, "classify", broken_on_request_3)
     emu = await emulator()
-    with pytest.raises(RuntimeError, match="a bug in the sender"):
+    with pytest.raises(RuntimeError, match="a bug in the dispatcher"):
         await run_pipeline(emu, tmp_path, concurrency=1)
     outcomes = read_outcomes(str(tmp_path / "outcomes.ndjson"))
     assert {o["status"] for o in outcomes} <= {"queued", "rejected", "invalid"}
@@ -572,8 +570,8 @@ async def test_a_batch_waiting_for_room_is_sent_when_reading_ends(
     """
     monkeypatch.setattr(
         streamsend._pipeline,
-        "SenderSettings",
-        functools.partial(streamsend._sender.SenderSettings, max_waiting_messages=200),
+        "DispatchSettings",
+        functools.partial(streamsend._dispatch.DispatchSettings, max_waiting_messages=200),
     )
     release = asyncio.Event()
 
@@ -635,4 +633,4 @@ async def test_a_batch_waiting_for_room_is_sent_when_reading_ends(
     lines = sorted(o.line for o in sink.outcomes)
     assert lines == list(range(1, 351))
     assert {o.status for o in sink.outcomes} == {Status.QUEUED}
-    assert result.exit_code == (EXIT_INTERRUPTED if how == "stop-requested" else 0)
+    assert result.exit_code == (ExitCode.INTERRUPTED if how == "stop-requested" else 0)

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from streamsend.emulator import RunningEmulator
-from streamsend.emulator._testing import (
+from streamsend.testing import (
     API_KEY,
     V1_LIST,
     V2_LIST,

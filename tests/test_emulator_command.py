@@ -16,7 +16,7 @@ import pytest
 from streamsend.emulator import EmulatorConfig, EmulatorConfigError, emulator_main
 from streamsend.emulator._command import build_parser, config_from_args, load_config_file
 from streamsend.emulator._config import check_config
-from streamsend.emulator._testing import API_KEY, V1_LIST, V2_LIST
+from streamsend.testing import API_KEY, V1_LIST, V2_LIST
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"^streamsend emulator listening on http://127\.0\.0\.1:(\d+)/api$")

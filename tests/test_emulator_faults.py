@@ -17,7 +17,7 @@ import pytest
 
 from streamsend.emulator import EmulatorConfig, FaultConfig, RunningEmulator, run_emulator
 from streamsend.emulator._faults import Fault, FaultInjector
-from streamsend.emulator._testing import (
+from streamsend.testing import (
     API_KEY,
     V1_LIST,
     V2_LIST,

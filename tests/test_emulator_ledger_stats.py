@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from streamsend.emulator import FaultConfig
-from streamsend.emulator._testing import (
+from streamsend.testing import (
     API_KEY,
     V1_LIST,
     V2_LIST,

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from streamsend.emulator._ratemodel import SendingList, SendRateModel
-from streamsend.emulator._testing import V1_LIST, EmulatorFactory, post
+from streamsend.testing import V1_LIST, EmulatorFactory, post
 
 OTHER_LIST = "pn_slow00000001"
 

@@ -11,7 +11,6 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamsend.emulator._testing import V2_LIST
 from streamsend.emulator._validation import (
     check_v1_messages,
     check_v1_one_by_one,
@@ -19,6 +18,7 @@ from streamsend.emulator._validation import (
     check_v2_one_by_one,
     normalise_v1_phone,
 )
+from streamsend.testing import V2_LIST
 
 LISTS = frozenset({V2_LIST, "+18005552000"})
 

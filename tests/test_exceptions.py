@@ -26,6 +26,8 @@ from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from streamsend._attempts import Backoff
+from streamsend._dispatch import Dispatcher, DispatchSettings
 from streamsend._exceptions import (
     TRANSPORT_ERRORS,
     ConfigError,
@@ -41,8 +43,7 @@ from streamsend._exceptions import (
 )
 from streamsend._models import Batch, Message, Status
 from streamsend._outcomes import MemorySink
-from streamsend._retry import Backoff
-from streamsend._sender import Sender, SenderSettings
+from streamsend._pacing import LocalRateLimiter
 from streamsend._stats import RunStats
 from streamsend._validate import Validator
 
@@ -343,7 +344,7 @@ def _messages(count: int) -> tuple[Message, ...]:
 
 async def _send_one_batch(base_url: str, *, retries: int = 0) -> list[tuple[Status, str | None]]:
     sink = MemorySink()
-    settings = SenderSettings(
+    settings = DispatchSettings(
         base_url=base_url,
         api_version="v1",
         api_key="trk_" + "0" * 32,
@@ -351,17 +352,16 @@ async def _send_one_batch(base_url: str, *, retries: int = 0) -> list[tuple[Stat
         retries=retries,
         backoff=Backoff(0.001, 0.002),
     )
-    sender = Sender(
+    dispatcher = Dispatcher(
         settings,
         sink=sink,
         journal=None,
         stats=RunStats(),
-        rate_for_sender=lambda _: None,
-        cap_for_sender=lambda _: 1000,
+        limiter=LocalRateLimiter(lambda _: None, batch_size=1000),
     )
-    async with sender:
-        await sender.submit(Batch("pn_abc123def456", _messages(3), 0))
-        await sender.drain()
+    async with dispatcher:
+        await dispatcher.submit(Batch("pn_abc123def456", _messages(3)))
+        await dispatcher.drain()
     return [(o.status, o.code) for o in sink.outcomes]
 
 

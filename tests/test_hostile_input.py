@@ -22,7 +22,7 @@ import pytest
 from streamsend._models import Message, Outcome, Status
 from streamsend._source import split_lines
 from streamsend._validate import Validator
-from streamsend.emulator._testing import V1_LIST
+from streamsend.testing import V1_LIST
 from tests.conftest import clean_env
 
 CORPUS = Path(__file__).parent / "hostile"

@@ -34,10 +34,11 @@ from streamsend._batcher import Batcher
 from streamsend._config import Settings, load_settings
 from streamsend._models import Batch, Encoding, Message, Outcome, Status
 from streamsend._outcomes import MemorySink
-from streamsend._pipeline import EXIT_OK, Pipeline, lines_from
+from streamsend._pipeline import Pipeline
 from streamsend._progress import summary_fields
+from streamsend._types import ExitCode
 from streamsend.emulator import FaultConfig, RunningEmulator
-from streamsend.emulator._testing import API_KEY, V1_LIST, EmulatorFactory, read_ledger
+from streamsend.testing import API_KEY, V1_LIST, EmulatorFactory, lines_from, read_ledger
 from tests.conftest import RecordingLog
 
 RATE_TOLERANCE = 0.05  # the acceptance criterion: within 5% of the limit
@@ -135,7 +136,7 @@ async def test_interleaved_senders_each_request_carries_one_sender(
 
     result = await run.run()
 
-    assert result.exit_code == EXIT_OK
+    assert result.exit_code == ExitCode.OK
     records = read_ledger(emu.ledger_path)
     assert len(records) == len(lines)
     requests = requests_by_id(records)
@@ -227,7 +228,7 @@ async def test_fifty_senders_under_a_small_buffer_cap_each_line_one_outcome(
 
     result = await run.run()
 
-    assert result.exit_code == EXIT_OK
+    assert result.exit_code == ExitCode.OK
     outcomes = outcome_per_line(sink.outcomes)
     assert len(outcomes) == len(plan)
     for n, outcome in outcomes.items():
@@ -284,7 +285,7 @@ async def test_each_sender_is_paced_at_its_own_rate_from_the_config_table(
 
     result = await asyncio.wait_for(run.run(), timeout=30)
 
-    assert result.exit_code == EXIT_OK
+    assert result.exit_code == ExitCode.OK
     assert len(outcome_per_line(sink.outcomes)) == len(plan)
     records = read_ledger(emu.ledger_path)
     assert len(records) == len(plan)

@@ -23,7 +23,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamsend.emulator import FaultConfig
-from streamsend.emulator._testing import API_KEY, V1_LIST, EmulatorFactory
+from streamsend.testing import API_KEY, V1_LIST, EmulatorFactory
 from tests.conftest import clean_env, run_streamsend
 
 KEY_SHAPE = re.compile(rb"trk_[A-Za-z0-9]{8,}")

@@ -25,12 +25,12 @@ import pytest
 from aiohttp import web
 
 from streamsend._config import Settings
-from streamsend._journal import Journal
+from streamsend._journal import FileJournal
 from streamsend._models import Outcome, Status
 from streamsend._outcomes import FileSink, MemorySink
 from streamsend._pipeline import Pipeline, RunResult
 from streamsend._source import read_inputs
-from streamsend.emulator._testing import read_ledger
+from streamsend.testing import read_ledger
 from tests.conftest import (
     API_KEY,
     V1_LIST,
@@ -161,7 +161,7 @@ async def run_in_process(
     """One Pipeline run writing outcomes and journal to files, as the CLI wires it."""
     sink = FileSink.open_path(settings.outcomes, fsync=False)
     assert settings.journal_path is not None
-    journal = Journal(settings.journal_path, fsync=False)
+    journal = FileJournal(settings.journal_path, fsync=False)
     try:
         source = read_inputs(inputs, max_line_bytes=settings.max_line_bytes)
         pipeline = Pipeline(settings, api_key=api_key, source=source, sink=sink)
@@ -269,7 +269,7 @@ async def test_wrong_key_aborts_and_leaves_later_lines_without_outcome(
 async def test_outcomes_stream_to_a_memory_sink(emulator: EmulatorFactory) -> None:
     """The pipeline runs from Python with in-memory lines and an in-memory sink: one Outcome
     per line, `invalid` lines included, without touching the file system."""
-    from streamsend._pipeline import lines_from
+    from streamsend.testing import lines_from
 
     emu = await emulator()
     raw = [

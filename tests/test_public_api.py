@@ -15,29 +15,37 @@ from streamsend import _exceptions, _models
 #: The public names. A change here is a change of the library's API: update the README with it.
 EXPECTED_ALL = [
     "Batch",
+    "Client",
     "ConfigError",
     "Encoding",
+    "ExitCode",
     "FatalServiceError",
     "InputError",
+    "Journal",
+    "LineBlock",
+    "LineSource",
     "MaybeSent",
     "Message",
     "NotSent",
     "Outcome",
+    "OutcomeSink",
     "Pipeline",
     "RateLimited",
+    "RateLimiter",
     "Refused",
+    "Run",
     "RunResult",
     "RunStats",
     "SendError",
     "Settings",
     "StatsSnapshot",
     "Status",
-    "StreamSender",
     "StreamsendError",
     "Validator",
     "count_segments",
     "load_settings",
     "normalise_phone",
+    "open_run",
 ]
 
 
@@ -75,13 +83,14 @@ def test_core_names_in_their_modules() -> None:
 
 
 def test_modules_are_private() -> None:
-    """Every module of the package is private (`_name`) except the `emulator` subpackage."""
+    """Every module of the package is private (`_name`) except the `emulator` subpackage and
+    the public test kit `testing`."""
     public = [
         info.name
         for info in pkgutil.iter_modules(streamsend.__path__)
         if not info.name.startswith("_")
     ]
-    assert public == ["emulator"]
+    assert public == ["emulator", "testing"]
 
 
 def test_status_values_are_the_outcome_file_vocabulary() -> None:
@@ -102,7 +111,7 @@ def test_records_are_immutable() -> None:
         "-", 1, "+14155551234", "pn", b"{}", b"", 1, streamsend.Encoding.GSM7
     )
     outcome = streamsend.Outcome("-", 1, streamsend.Status.QUEUED)
-    batch = streamsend.Batch("pn", (message,), 40)
+    batch = streamsend.Batch("pn", (message,))
     with pytest.raises(AttributeError):
         message.line = 2  # type: ignore[misc]
     with pytest.raises(AttributeError):

@@ -27,11 +27,11 @@ from typing import IO, Any
 import orjson
 import pytest
 
-from streamsend._journal import Decision, Journal, ResumeState
+from streamsend._journal import Decision, FileJournal, ResumeState
 from streamsend._models import Message
 from streamsend._outcomes import FileSink
 from streamsend._validate import Validator
-from streamsend.emulator._testing import API_KEY, V1_LIST
+from streamsend.testing import API_KEY, V1_LIST
 from tests.conftest import (
     clean_env,
     emulator_subprocess,
@@ -305,7 +305,7 @@ def test_resume_decisions(tmp_path: Path) -> None:
         + _outcome(6, "failed", 3)  # then sent again in request 7, in flight at the crash
         + _outcome(8, "failed", 4)  # then put in request 8, which was never sent
     )
-    journal = Journal(str(journal_path), fsync=False)
+    journal = FileJournal(str(journal_path), fsync=False)
     for request, lines in ((1, range(1, 3)), (2, range(4, 6)), (3, range(6, 7)), (4, range(8, 9))):
         journal.record_start(request, _messages("in.ndjson", lines))
         journal.record_done(request)
@@ -343,7 +343,7 @@ def test_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
     request never sent: its start is written before sending) is skipped, and the next run's
     records start on a line of their own."""
     journal_path = tmp_path / "out.ndjson.journal"
-    journal = Journal(str(journal_path), fsync=False)
+    journal = FileJournal(str(journal_path), fsync=False)
     journal.record_start(1, _messages("in.ndjson", range(1, 4)))
     journal.close()
     with journal_path.open("ab") as file:
@@ -359,7 +359,7 @@ def test_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
         Decision.SEND,
     ]
     # The next run appends after the torn record without gluing onto it.
-    journal = Journal(str(journal_path), fsync=False)
+    journal = FileJournal(str(journal_path), fsync=False)
     journal.record_start(3, _messages("in.ndjson", range(5, 6)))
     journal.close()
     resume = ResumeState.load(str(tmp_path / "none"), str(journal_path), resend_unknown=False)
@@ -391,7 +391,7 @@ def test_in_flight_lines_are_reported_unknown_once_across_resumes(tmp_path: Path
     input_path = tmp_path / "in.ndjson"
     write_numbered_input(input_path, 5, invalid_every=INVALID_EVERY)
     outcomes = tmp_path / "out.ndjson"
-    journal = Journal(str(outcomes) + ".journal", fsync=False)
+    journal = FileJournal(str(outcomes) + ".journal", fsync=False)
     journal.record_start(1, _messages(str(input_path), range(1, 4)))  # then: kill -9
     journal.close()
     codes = []

@@ -1,5 +1,9 @@
 """Segment counting against hand-checked cases, and the ASCII fast path against the general one.
 
+The client (`streamsend._segments`) and the emulator (`streamsend.emulator._segments`) count with
+separate code on purpose; every hand-checked case is checked on both, and a property test checks
+they agree on any text, so a counting bug can't hide in a shared implementation.
+
 The rules (../shared/trackly-api.md): GSM-7 bodies take 160 units in one segment and 153 per segment
 when split, the extension characters ``^ { } \\ [ ] ~ | €`` taking two units; any character
 outside GSM-7 makes the body UCS-2, 70 UTF-16 code units in one segment and 67 per segment when
@@ -14,9 +18,16 @@ from hypothesis import strategies as st
 
 from streamsend._models import Encoding
 from streamsend._segments import count_segments, count_segments_ascii
+from streamsend.emulator._segments import segments_of
 
 GSM7 = Encoding.GSM7
 UCS2 = Encoding.UCS2
+
+
+def assert_counted(body: str, expected: tuple[int, Encoding]) -> None:
+    """Both the client's counter and the emulator's give the hand-checked answer."""
+    assert count_segments(body) == expected
+    assert segments_of(body) == (expected[0], expected[1] is GSM7)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +44,7 @@ UCS2 = Encoding.UCS2
 )
 def test_plain_gsm7_boundaries(body: str, expected: tuple[int, Encoding]) -> None:
     """Plain GSM-7 bodies: 160 in one segment, then 153 per segment."""
-    assert count_segments(body) == expected
+    assert_counted(body, expected)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +64,7 @@ def test_plain_gsm7_boundaries(body: str, expected: tuple[int, Encoding]) -> Non
 )
 def test_extension_characters_count_two(body: str, expected: tuple[int, Encoding]) -> None:
     """Each GSM-7 extension character costs an escape plus itself: two units."""
-    assert count_segments(body) == expected
+    assert_counted(body, expected)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +79,7 @@ def test_extension_characters_count_two(body: str, expected: tuple[int, Encoding
 )
 def test_body_of_only_extension_characters(body: str, expected: tuple[int, Encoding]) -> None:
     """A body made only of extension characters is GSM-7 at two units per character."""
-    assert count_segments(body) == expected
+    assert_counted(body, expected)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +97,7 @@ def test_body_of_only_extension_characters(body: str, expected: tuple[int, Encod
 )
 def test_accents(body: str, expected: tuple[int, Encoding]) -> None:
     """Accented letters in the GSM-7 table keep the body GSM-7; others make it UCS-2."""
-    assert count_segments(body) == expected
+    assert_counted(body, expected)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +115,7 @@ def test_accents(body: str, expected: tuple[int, Encoding]) -> None:
 )
 def test_ucs2_boundaries(body: str, expected: tuple[int, Encoding]) -> None:
     """UCS-2 bodies: 70 units in one segment, then 67 per segment."""
-    assert count_segments(body) == expected
+    assert_counted(body, expected)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +133,7 @@ def test_ucs2_boundaries(body: str, expected: tuple[int, Encoding]) -> None:
 )
 def test_emoji_count_utf16_units(body: str, expected: tuple[int, Encoding]) -> None:
     """Characters outside the BMP (most emoji) are surrogate pairs: two UTF-16 units."""
-    assert count_segments(body) == expected
+    assert_counted(body, expected)
 
 
 # An independent statement of the rule for ASCII, written from the GSM 03.38 table: the ASCII
@@ -144,6 +155,14 @@ def _reference_ascii(body: str) -> tuple[int, Encoding]:
 def test_ascii_bodies_follow_the_rule(body: str) -> None:
     """Any ASCII body counts as the written-out rule says, on the str and the bytes path."""
     expected = _reference_ascii(body)
-    assert count_segments(body) == expected
+    assert_counted(body, expected)
     fast = count_segments_ascii(body.encode("ascii"))
     assert fast == (expected if expected[1] is GSM7 else None)
+
+
+@given(st.text(max_size=400))
+def test_client_and_emulator_counters_agree_on_any_text(body: str) -> None:
+    """For any body, the client's counter (with its fast paths) and the emulator's plain one
+    give the same segments and encoding."""
+    segments, encoding = count_segments(body)
+    assert segments_of(body) == (segments, encoding is GSM7)

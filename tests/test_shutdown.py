@@ -26,16 +26,18 @@ import orjson
 import pytest
 
 from streamsend._config import Settings
-from streamsend._journal import Decision, Journal, ResumeState
+from streamsend._dispatch import Dispatcher, DispatchSettings
+from streamsend._journal import Decision, FileJournal, ResumeState
 from streamsend._models import Batch, Message, Outcome, Status
 from streamsend._outcomes import MemorySink
-from streamsend._pipeline import EXIT_INTERRUPTED, Pipeline
-from streamsend._sender import Sender, SenderSettings
+from streamsend._pacing import LocalRateLimiter
+from streamsend._pipeline import Pipeline
 from streamsend._source import read_inputs
 from streamsend._stats import RunStats
+from streamsend._types import ExitCode
 from streamsend._validate import Validator
 from streamsend.emulator import EmulatorConfig, FaultConfig, RunningEmulator, run_emulator
-from streamsend.emulator._testing import API_KEY, V1_LIST
+from streamsend.testing import API_KEY, V1_LIST
 from tests.conftest import (
     clean_env,
     emulator_subprocess,
@@ -200,7 +202,7 @@ def _own_tasks() -> set[asyncio.Task[Any]]:
 
 
 async def _pipeline_in_flight(
-    tmp_path: Path, emu: RunningEmulator, sink: MemorySink, journal: Journal, lines: int = 5000
+    tmp_path: Path, emu: RunningEmulator, sink: MemorySink, journal: FileJournal, lines: int = 5000
 ) -> tuple[Pipeline, asyncio.Task[Any]]:
     write_numbered_input(tmp_path / "input.ndjson", lines)
     settings = Settings(
@@ -235,7 +237,7 @@ async def test_stopping_or_cancelling_the_pipeline_leaves_no_task_running(
     of its own (reader, linger, lane workers, waiters) behind."""
     sink = MemorySink()
     journal_path = tmp_path / "journal"
-    journal = Journal(str(journal_path), fsync=False)
+    journal = FileJournal(str(journal_path), fsync=False)
     faults = FaultConfig(latency_ms=2000)  # answers come long after the stop
     config = EmulatorConfig(api_keys=(API_KEY,), v1_lists=(V1_LIST,), faults=faults)
     async with run_emulator(config) as emu:
@@ -245,7 +247,7 @@ async def test_stopping_or_cancelling_the_pipeline_leaves_no_task_running(
             pipeline.request_stop()
             pipeline.request_stop()
             result = await run
-            assert result.exit_code == EXIT_INTERRUPTED
+            assert result.exit_code == ExitCode.INTERRUPTED
         else:
             run.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -266,7 +268,7 @@ async def test_stopping_or_cancelling_the_pipeline_leaves_no_task_running(
         assert resume.decide(source, line) is expected, line
 
 
-class _SlowSyncJournal(Journal):
+class _SlowSyncJournal(FileJournal):
     """A journal whose sync (an fsync, normally) takes until the test lets it go."""
 
     def __init__(self, path: str) -> None:
@@ -292,19 +294,18 @@ async def test_cancelled_while_journaling_a_request_journals_it_unsent(tmp_path:
         assert isinstance(message, Message)
         messages.append(message)
     sink = MemorySink()
-    sender = Sender(
-        SenderSettings(base_url="http://127.0.0.1:9/api", api_version="v1", api_key=API_KEY),
+    dispatcher = Dispatcher(
+        DispatchSettings(base_url="http://127.0.0.1:9/api", api_version="v1", api_key=API_KEY),
         sink=sink,
         journal=journal,
         stats=RunStats(),
-        rate_for_sender=lambda _: None,
-        cap_for_sender=lambda _: 1000,
+        limiter=LocalRateLimiter(lambda _: None, batch_size=1000),
     )
 
-    async with sender:
-        await sender.submit(Batch(V1_LIST, tuple(messages), 0))
+    async with dispatcher:
+        await dispatcher.submit(Batch(V1_LIST, tuple(messages)))
         await journal.syncing.wait()
-        await sender.cancel()
+        await dispatcher.cancel()
     journal.close()
     outcomes: list[Outcome] = list(sink.outcomes)
     assert outcomes == []  # nothing was sent, so nothing is known or unknown

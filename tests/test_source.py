@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamsend._exceptions import InputError
-from streamsend._source import LineBlock, read_inputs, split_lines
+from streamsend._source import read_inputs, split_lines
+from streamsend._types import LineBlock
 
 BOM = b"\xef\xbb\xbf"
 

@@ -33,18 +33,16 @@ from streamsend._config import Settings
 from streamsend._models import Outcome, Status
 from streamsend._outcomes import MemorySink
 from streamsend._pipeline import (
-    EXIT_ABORTED,
-    EXIT_NOT_ALL_QUEUED,
-    EXIT_OK,
     Pipeline,
-    lines_from,
 )
+from streamsend._types import ExitCode
 from streamsend.emulator import RunningEmulator
-from streamsend.emulator._testing import (
+from streamsend.testing import (
     API_KEY,
     V1_LIST,
     V2_LIST,
     EmulatorFactory,
+    lines_from,
     post,
     read_ledger,
 )
@@ -174,7 +172,7 @@ async def test_v2_run_sends_to_list_number_body_and_passes_contact_data_through(
         emu, tmp_path, lines, "--api-version", "v2", "--from", V2_LIST
     )
 
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert {n: (o["status"], o["sender"]) for n, o in outcomes.items()} == {
         1: ("queued", V2_LIST),
         2: ("queued", V2_LIST),
@@ -216,7 +214,7 @@ async def test_v2_unknown_list_number_fails_the_lines_and_stops_the_run_like_v1(
 
     code, outcomes, _ = await run_pipeline(emu.base_url, lines)
 
-    assert code == EXIT_ABORTED
+    assert code == ExitCode.ABORTED
     failed = outcomes[2]
     assert (failed.status, failed.code, failed.sender) == (
         Status.FAILED,
@@ -249,7 +247,7 @@ async def test_v2_to_that_cannot_be_normalised_is_refused_locally_and_never_sent
 
     code, outcomes, _ = await run_pipeline(emu.base_url, lines)
 
-    assert code == EXIT_NOT_ALL_QUEUED
+    assert code == ExitCode.NOT_ALL_QUEUED
     for number in (1, 2, 3):
         assert (outcomes[number].status, outcomes[number].code) == (
             Status.INVALID,
@@ -330,7 +328,7 @@ async def test_deprecation_warning_is_logged_once_for_v1_and_never_for_v2(
         emu, tmp_path, lines, "--api-version", version, "--from", sender, "--batch-size", "2"
     )
 
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert len(outcomes) == 6
     assert len({o["request"] for o in outcomes.values()}) == 3
     deprecated = [e for e in events if e.get("event") == "api_deprecated"]
@@ -361,7 +359,7 @@ async def test_v2_per_message_errors_reject_the_lines_at_their_index() -> None:
         code, outcomes, log = await run_pipeline(base_url, lines, batch_size=6)
 
     assert [len(messages) for messages in received] == [6]
-    assert code == EXIT_NOT_ALL_QUEUED
+    assert code == ExitCode.NOT_ALL_QUEUED
     assert {n: (o.status, o.code, o.error) for n, o in outcomes.items()} == {
         1: (Status.QUEUED, None, None),
         2: (Status.REJECTED, "invalid_phone", "refused: invalid_phone"),
@@ -388,7 +386,7 @@ async def test_413_too_many_messages_makes_the_client_send_halves() -> None:
     async with fake_v2_service(at_most_four) as (base_url, received):
         code, outcomes, log = await run_pipeline(base_url, lines, batch_size=10)
 
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     # Depth first: 10 → 5 → 2 + 3, then the second 5 → 2 + 3.
     assert [len(messages) for messages in received] == [10, 5, 2, 3, 5, 2, 3]
     accepted = [m["to"] for messages in received if len(messages) <= 4 for m in messages]

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamsend._models import Encoding, Message, Outcome, Status
+from streamsend._outcomes import OutcomeEncoder
 from streamsend._validate import _PLAIN_LINE, Validator, is_e164, normalise_phone
 from streamsend.emulator._validation import normalise_v1_phone
 
@@ -528,7 +529,7 @@ def test_ref_is_echoed(ref_text: bytes, expected: object, extra: bytes) -> None:
     assert orjson.loads(message.ref_json) == expected
     outcome = Outcome("-", 1, Status.QUEUED, ref_json=message.ref_json)
     assert outcome.ref == expected
-    assert outcome.to_dict()["ref"] == expected
+    assert orjson.loads(OutcomeEncoder().encode([outcome]))["ref"] == expected
 
 
 def test_negative_zero_ref_is_echoed_alike_by_both_paths() -> None:

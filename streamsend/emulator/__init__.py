@@ -16,9 +16,9 @@ Layout (each module is one part; `_app` builds on the others):
     _stats       the counters behind GET /_emulator/stats
     _app         the aiohttp service and `run_emulator`
     _command     the `streamsend emulator` command (also `python -m streamsend.emulator`)
-    _testing     the key and list names tests and the demo use
+    _segments    its own segment counter (the client's is checked against it, not shared)
 
-Use it in-process::
+Use it in-process (`streamsend.testing` has the test key and list names)::
 
     async with run_emulator(EmulatorConfig(api_keys=(key,), v1_lists=("pn_abc123def456",))) as emu:
         ...  # send to emu.base_url, then check emu.stats() and the ledger
@@ -26,10 +26,18 @@ Use it in-process::
 
 from streamsend.emulator._app import RunningEmulator, run_emulator
 from streamsend.emulator._command import emulator_main
-from streamsend.emulator._config import EmulatorConfig, EmulatorConfigError, FaultConfig
+from streamsend.emulator._config import (
+    DEFAULT_V1_LIST,
+    DEFAULT_V2_LIST,
+    EmulatorConfig,
+    EmulatorConfigError,
+    FaultConfig,
+)
 from streamsend.emulator._stats import EmulatorStatsSnapshot
 
 __all__ = [
+    "DEFAULT_V1_LIST",
+    "DEFAULT_V2_LIST",
     "EmulatorConfig",
     "EmulatorConfigError",
     "EmulatorStatsSnapshot",

@@ -33,7 +33,6 @@ from typing import Any, NoReturn
 import orjson
 from aiohttp import web
 
-from streamsend._segments import count_segments
 from streamsend.emulator._config import EmulatorConfig, EmulatorConfigError, check_config
 from streamsend.emulator._faults import (
     BEFORE_QUEUEING,
@@ -44,6 +43,7 @@ from streamsend.emulator._faults import (
 )
 from streamsend.emulator._ledger import Ledger
 from streamsend.emulator._ratemodel import SendingList, SendRateModel
+from streamsend.emulator._segments import segments_of
 from streamsend.emulator._stats import (
     DROPPED,
     HUNG,
@@ -487,7 +487,7 @@ class EmulatorService:
                 lists=list_id,
                 sources=[payload],
             )
-        segments, encoding = count_segments(body) if isinstance(body, str) else (0, None)
+        segments, gsm7 = segments_of(body) if isinstance(body, str) else (0, False)
         message_id = f"msg_{sequence:016x}"
         return orjson.dumps(
             {
@@ -495,7 +495,7 @@ class EmulatorService:
                 "id": message_id,
                 "status": "queued",
                 "segments": segments,
-                "gsm7": encoding is not None and encoding.value == "gsm7",
+                "gsm7": gsm7,
                 "deprecated": True,
             }
         )

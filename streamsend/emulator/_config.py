@@ -33,6 +33,12 @@ class EmulatorConfigError(ValueError):
     """A setting of the emulator is unusable; the message names the setting and the problem."""
 
 
+#: The sending list the emulator knows when none is configured (`send --emulator`, the demo):
+#: the v1 id and the v2 number from the API documentation's examples.
+DEFAULT_V1_LIST = "pn_abc123def456"
+DEFAULT_V2_LIST = "+18005551000"
+
+
 @dataclass(frozen=True, slots=True)
 class FaultConfig:
     """Which faults to inject, as fractions of requests, drawn from one seeded generator.

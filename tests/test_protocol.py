@@ -1,6 +1,6 @@
-"""The retry policy (`streamsend._retry`): what each answer of the service proves, and the backoff.
+"""The wire format (`streamsend._protocol`): what each answer of the service proves.
 
-`classify_response` is the one place an HTTP answer becomes a decision, so every status the
+`WireProtocol.classify` is the one place an HTTP answer becomes a decision, so every status the
 service uses (../shared/trackly-api.md) is checked here against the exception class that carries
 the decision: `Accepted` (read the per-message errors), `RateLimited` and `NotSent` (retry),
 `Refused` (don't), `FatalServiceError` (stop the run) and `MaybeSent` (unknown, never resent
@@ -10,8 +10,6 @@ silently).
 from __future__ import annotations
 
 import math
-import random
-from fractions import Fraction
 
 import orjson
 import pytest
@@ -26,14 +24,22 @@ from streamsend._exceptions import (
     Refused,
     SendError,
 )
-from streamsend._retry import (
+from streamsend._protocol import (
     RETRYABLE_STATUSES,
+    V1,
+    V2,
     Accepted,
-    Backoff,
-    classify_response,
     retry_after_seconds,
-    v1_error_code,
 )
+
+# Both versions classify answers alike; v1's answers are the ones checked here, and
+# test_v2_classifies_as_v1_does checks v2 against them.
+classify_response = V1.classify
+
+
+def v1_error_code(text: str) -> str:
+    return V1.error_code({}, text)
+
 
 REQUEST = 17
 
@@ -317,34 +323,33 @@ def test_v1_error_code_falls_back_to_rejected() -> None:
     assert v1_error_code("INVALID PHONE number") == "invalid_phone"
 
 
-# -- backoff -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("status", [200, 201, 400, 401, 403, 404, 413, 429, 500, 502, 503, 504])
+def test_v2_classifies_as_v1_does(status: int) -> None:
+    """The classification is shared: v2 reaches the same decision as v1 for every status."""
+    body = _error_body("list_not_found" if status == 404 else None)
+    if 200 <= status < 300:
+        body = b'{"queued_count": 1, "errors": [{"index": 0, "code": "invalid_phone"}]}'
+        assert V2.classify(status, body, None, request=REQUEST) == V1.classify(
+            status, body, None, request=REQUEST
+        )
+        return
+    with pytest.raises(SendError) as v1_error:
+        V1.classify(status, body, "3", request=REQUEST)
+    with pytest.raises(SendError) as v2_error:
+        V2.classify(status, body, "3", request=REQUEST)
+    assert type(v1_error.value) is type(v2_error.value)
+    assert v1_error.value.code == v2_error.value.code
 
 
-@given(
-    base=st.floats(min_value=0, max_value=60),
-    extra=st.floats(min_value=0, max_value=3600),
-    retry_number=st.integers(min_value=0, max_value=5000),
-    seed=st.integers(min_value=0, max_value=2**32),
-)
-def test_backoff_stays_within_full_jitter_bounds(
-    base: float, extra: float, retry_number: int, seed: int
-) -> None:
-    """Full jitter: every delay lies in [0, min(cap, base·2ⁿ)], for any retry number."""
-    cap = base + extra
-    backoff = Backoff(base=base, cap=cap)
-    delay = backoff.delay(retry_number, random.Random(seed))
-    bound = min(Fraction(cap), Fraction(base) * 2**retry_number)  # exact: no float overflow
-    assert delay >= 0
-    assert Fraction(delay) <= bound
-
-
-def test_backoff_grows_until_the_cap() -> None:
-    """The upper bound doubles per retry, then holds at the cap (seen through the jitter's max)."""
-
-    class Highest(random.Random):
-        def uniform(self, a: float, b: float) -> float:
-            return b
-
-    backoff = Backoff(base=0.5, cap=5.0)
-    delays = [backoff.delay(n, Highest()) for n in range(6)]
-    assert delays == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+def test_envelopes_and_templates_spell_each_version() -> None:
+    """v1 names the sending list once in the envelope; v2 carries list_number on each message,
+    and both plain templates make the same JSON the full path makes."""
+    assert V1.request_body("pn_a", [b'{"x":1}']) == (
+        b'{"from_phone_number_id":"pn_a","messages":[{"x":1}]}'
+    )
+    assert V2.request_body("+18005551000", [b'{"x":1}']) == b'{"messages":[{"x":1}]}'
+    for protocol, sender in ((V1, "pn_a"), (V2, "+18005551000")):
+        plain = protocol.plain_message_template(sender) % (b"+14155550000", b"hi")
+        full = protocol.message("+14155550000", sender, "hi", {})
+        assert orjson.loads(plain) == orjson.loads(full)
+        assert plain == full

@@ -1,0 +1,179 @@
+"""Dispatching: batches become HTTP requests, paced per sending number, retried only when safe.
+
+The dispatcher is the pool of workers between the batcher and the service, in three parts:
+`_lanes` (per sending number: queue, pacing, 429 pause; shared request slots and budget),
+`_attempts` (one request and its retries: what each answer proves) and `_recorder` (journal
+records, outcomes and stats of each request). This module owns the HTTP session and the workers.
+
+Promises:
+- Every batch handed to `submit()` ends with exactly one outcome per message, written to the
+  sink, unless the run is aborted by a fatal service answer or cut short by a second signal
+  (then the lines of requests never transmitted get no outcome, and --resume sends them).
+- At most `concurrency` requests are in flight across all sending numbers, and at most
+  `max_waiting_messages` wait in the lanes before `submit()` makes the producer wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+import aiohttp
+import structlog
+
+from streamsend._attempts import Abort, AttemptLoop, Backoff, mark_transmitted
+from streamsend._exceptions import FatalServiceError
+from streamsend._lanes import Lane, Lanes
+from streamsend._models import Batch
+from streamsend._protocol import protocol_for
+from streamsend._recorder import Recorder
+from streamsend._stats import RunStats
+from streamsend._types import ApiVersion, Journal, Logger, OutcomeSink, RateLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    base_url: str
+    api_version: ApiVersion
+    api_key: str
+    concurrency: int = 8
+    timeout: float = 30.0
+    retries: int = 5
+    resend_unknown: bool = False
+    backoff: Backoff = field(default_factory=Backoff)
+    # Messages waiting in all lanes before `submit()` makes the producer wait (see `_lanes`).
+    max_waiting_messages: int = 20_000
+
+
+class Dispatcher:
+    """Delivers batches; one per run. Use as `async with Dispatcher(...) as dispatcher`."""
+
+    def __init__(
+        self,
+        settings: DispatchSettings,
+        *,
+        sink: OutcomeSink,
+        journal: Journal | None,
+        stats: RunStats,
+        limiter: RateLimiter,
+        first_request: int = 1,
+        log: Logger = None,
+        rng: random.Random | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.settings = settings
+        log = log if log is not None else structlog.get_logger("streamsend.dispatch")
+        self._session = session
+        self._owns_session = session is None
+        self._abort = Abort(log)
+        self.lanes = Lanes(
+            limiter=limiter,
+            stats=stats,
+            concurrency=settings.concurrency,
+            max_waiting_messages=settings.max_waiting_messages,
+            on_open=self._start_workers,
+        )
+        self._attempts = AttemptLoop(
+            protocol=protocol_for(settings.api_version),
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            resend_unknown=settings.resend_unknown,
+            backoff=settings.backoff,
+            lanes=self.lanes,
+            recorder=Recorder(sink=sink, journal=journal, stats=stats, log=log),
+            stats=stats,
+            abort=self._abort,
+            log=log,
+            rng=rng or random.Random(),
+            first_request=first_request,
+        )
+        self._attempts.session = session
+
+    @property
+    def aborted(self) -> asyncio.Event:
+        """Set on a fatal answer or a crash: stop reading, start no new request."""
+        return self._abort.event
+
+    @property
+    def fatal(self) -> FatalServiceError | None:
+        return self._abort.fatal
+
+    @property
+    def crashed(self) -> Exception | None:
+        """An error that is no service answer (a bug); the pipeline raises it after draining."""
+        return self._abort.crashed
+
+    async def __aenter__(self) -> Dispatcher:
+        if self._session is None:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(mark_transmitted)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.settings.concurrency + 2),
+                trace_configs=[trace],
+                # Our own timeout wraps each attempt; aiohttp's default 5-minute total would
+                # only blur which attempt timed out.
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+            self._attempts.session = self._session
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def submit(self, batch: Batch) -> None:
+        """Queue a batch on its sending number's lane; waits while the lanes hold too much."""
+        await self.lanes.submit(batch)
+
+    def queued_batches(self) -> int:
+        return self.lanes.queued_batches()
+
+    async def drain(self) -> None:
+        """Wait until every submitted batch has its outcomes."""
+        for lane in self.lanes.all():
+            for _ in lane.workers:
+                lane.queue.put_nowait(None)
+        workers = self._workers()
+        if workers:
+            await asyncio.gather(*workers)
+
+    async def cancel(self) -> None:
+        """Stop at once: requests in flight are abandoned (and reported `unknown` if sent)."""
+        workers = self._workers()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.cancel()
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+
+    def _workers(self) -> list[asyncio.Task[None]]:
+        return [w for lane in self.lanes.all() for w in lane.workers]
+
+    def _start_workers(self, lane: Lane) -> None:
+        lane.workers = [
+            asyncio.create_task(self._work(lane), name=f"lane-{lane.sender}-{i}")
+            for i in range(self.settings.concurrency)
+        ]
+
+    async def _work(self, lane: Lane) -> None:
+        while True:
+            batch = await lane.queue.get()
+            if batch is None:
+                return
+            self.lanes.taken(batch)
+            if self._abort.is_set():
+                continue  # no outcome: --resume sends these lines later
+            try:
+                await self._attempts.deliver(lane, batch.messages)
+            except Exception as exc:
+                # Not a service answer but a bug. Stop the run as a fatal answer does (reading
+                # stops, requests in flight finish) and let the pipeline raise it. Left to end
+                # this task, it would go unseen until drain(), and the pipeline swallowed it.
+                # This request's lines keep no outcome; the journal has them for --resume.
+                self._abort.on_crash(exc)
+                return

@@ -1,0 +1,109 @@
+"""Lanes: one per sending number, each with its own queue of batches, pacing and 429 pause.
+
+A throttled or slow sending number must not hold up the others, so each has its own lane. What
+the lanes share is bounded: at most `concurrency` requests in flight across all of them, and one
+budget of waiting messages (`max_waiting_messages`). One budget rather than one bounded queue per
+lane: a throttled number's backlog can grow into it while the others keep flowing, where a full
+per-lane queue would stop the reader, and so every sending number, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+from streamsend._models import Batch
+from streamsend._stats import RunStats
+from streamsend._types import RateLimiter
+
+
+class Lane:
+    """One sending number: its queue of batches, its 429 pause and its workers."""
+
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+        # Unbounded by itself; the shared budget in `Lanes` bounds all lanes together.
+        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+        self.paused_until = 0.0  # monotonic time; set by a 429
+        self.workers: list[asyncio.Task[None]] = []
+
+    async def sleep_out_pause(self) -> None:
+        # A loop, not one sleep: another request's 429 may extend the pause while we sleep.
+        while (pause := self.paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(pause)
+
+    def pause(self, seconds: float) -> None:
+        """Pause every request of this sending number (the service said it is busy)."""
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+
+class Lanes:
+    """The lanes of one run, the request slots and the waiting-message budget they share."""
+
+    def __init__(
+        self,
+        *,
+        limiter: RateLimiter,
+        stats: RunStats,
+        concurrency: int,
+        max_waiting_messages: int,
+        on_open: Callable[[Lane], None],
+    ) -> None:
+        self._limiter = limiter
+        self._stats = stats
+        self._max_waiting = max_waiting_messages
+        self._on_open = on_open
+        self._in_flight = asyncio.Semaphore(concurrency)
+        self._lanes: dict[str, Lane] = {}
+        self._waiting_messages = 0  # in lane queues, not yet taken by a worker
+        self._room = asyncio.Event()
+
+    def all(self) -> list[Lane]:
+        return list(self._lanes.values())
+
+    async def submit(self, batch: Batch) -> None:
+        """Queue a batch on its sending number's lane; waits while the lanes hold too much."""
+        while self._waiting_messages >= self._max_waiting:
+            self._room.clear()
+            await self._room.wait()
+        lane = self._lanes.get(batch.sender)
+        if lane is None:
+            lane = self._lanes[batch.sender] = Lane(batch.sender)
+            self._on_open(lane)
+        self._waiting_messages += len(batch.messages)
+        lane.queue.put_nowait(batch)
+
+    def taken(self, batch: Batch) -> None:
+        """A worker took `batch` off its lane's queue: its messages leave the budget."""
+        self._waiting_messages -= len(batch.messages)
+        self._room.set()
+
+    def queued_batches(self) -> int:
+        return sum(lane.queue.qsize() for lane in self._lanes.values())
+
+    async def wait_for_turn(self, lane: Lane, messages: int) -> None:
+        """Honour the sending number's 429 pause, then its rate."""
+        waited_from = time.monotonic()
+        await lane.sleep_out_pause()
+        await self._limiter.acquire(lane.sender, messages)
+        self._stats.rate_wait_seconds += time.monotonic() - waited_from
+
+    @contextlib.asynccontextmanager
+    async def request_slot(self, lane: Lane) -> AsyncIterator[None]:
+        """One of the `concurrency` request slots, for a request of `lane`.
+
+        A 429 for this sending number may arrive while we wait for a slot; sending anyway would
+        ignore the pause, so the slot is given back (others may use it) until the pause is over.
+        """
+        while True:
+            await self._in_flight.acquire()
+            if lane.paused_until <= time.monotonic():
+                break
+            self._in_flight.release()
+            await lane.sleep_out_pause()
+        try:
+            yield
+        finally:
+            self._in_flight.release()
