@@ -17,8 +17,8 @@ venv: $(BIN)/streamsend
 demo: venv
 	$(BIN)/streamsend demo
 
-## test: the whole test suite (what CI runs)
-test: venv
+## test: lint, then the whole test suite (what CI runs: .ci/run)
+test: lint
 	$(BIN)/pytest -q
 
 ## lint: ruff and mypy --strict

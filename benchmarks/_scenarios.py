@@ -40,7 +40,7 @@ from benchmarks._tools import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: The glibc tunables perf-notes.md found to matter: no heap trimming between requests.
+#: The glibc tunables measured to matter (see --malloc): no heap trimming between requests.
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_TOP_PAD_": str(64 << 20)}
 STARTUP_MESSAGES = 100
 WAN_LATENCY_MS = 50.0

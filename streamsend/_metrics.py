@@ -73,7 +73,8 @@ class StatsCollector:
         )
         depths = GaugeMetricFamily(
             "streamsend_queue_depth",
-            "Items (batches) waiting in each queue between pipeline stages.",
+            "Work waiting between stages: batches_waiting counts batches in the dispatcher's "
+            "lanes, messages_buffered counts messages in open batches.",
             labels=["queue"],
         )
         for queue, depth in sorted(snapshot.queue_depths.items()):

@@ -5,7 +5,7 @@ Promises:
   per request, with fsync when the policy asks for it).
 - Lines are built from pre-encoded pieces: the source path and sender are JSON-encoded once, the
   recipient needs no escaping once it has passed validation (E.164 is `+` and digits), and only
-  free text (the service's error messages) goes through orjson. The prototypes found encoding
+  free text (the service's error messages) goes through orjson. Throwaway prototypes found encoding
   outcomes one dict at a time to be a third of the client's CPU.
 """
 

@@ -1,9 +1,9 @@
 """How many SMS segments a body costs, and in which encoding.
 
-The rules (see the Trackly API notes): a body made only of GSM 03.38 characters is GSM-7, 160
-characters in one segment or 153 per segment when split, where the extension characters
-``^ { } \\ [ ] ~ | €`` (and form feed) take two; any other character makes the whole body UCS-2,
-70 UTF-16 code units in one segment or 67 per segment when split.
+The rules (from the Trackly API documentation, restated in the README): a body made only of GSM
+03.38 characters is GSM-7, 160 characters in one segment or 153 per segment when split, where the
+extension characters ``^ { } \\ [ ] ~ | €`` (and form feed) take two; any other character makes the
+whole body UCS-2, 70 UTF-16 code units in one segment or 67 per segment when split.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Promises:
 
 Most lines have the plain shape ``{"to_msisdn": "+1…", "body": "…"}`` (optionally with a `ref`).
 Those are recognised with one bytes pattern and copied into the request body without decoding and
-re-encoding; that was the largest single saving the prototypes found (about ×3.5). Every other line
-takes the full path: parse, check, normalise, encode.
+re-encoding; that was the largest single saving measured (about ×3.5, before this module existed).
+Every other line takes the full path: parse, check, normalise, encode.
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ def _driven_stats(clock: FakeClock) -> RunStats:
     stats.observe_request("500", 0.02)
     stats.observe_request("timeout", 30.0)
     stats.in_flight = 2
-    stats.queue_depth_probes["batches"] = lambda: 4
-    stats.queue_depth_probes["outcomes"] = lambda: 1
+    stats.queue_depth_probes["batches_waiting"] = lambda: 4
+    stats.queue_depth_probes["messages_buffered"] = lambda: 1
     stats.rate_wait_seconds = 1.5
     stats.retries = 2
     stats.segments_sent = 131
@@ -101,8 +101,8 @@ async def test_metrics_agree_with_the_stats() -> None:
     assert sum(1 for name, _ in samples if name == duration + "_bucket") == len(LATENCY_BUCKETS) + 1
 
     assert _get(samples, "streamsend_requests_in_flight") == 2
-    assert _get(samples, "streamsend_queue_depth", queue="batches") == 4
-    assert _get(samples, "streamsend_queue_depth", queue="outcomes") == 1
+    assert _get(samples, "streamsend_queue_depth", queue="batches_waiting") == 4
+    assert _get(samples, "streamsend_queue_depth", queue="messages_buffered") == 1
     assert _get(samples, "streamsend_rate_limit_wait_seconds_total") == 1.5
     assert _get(samples, "streamsend_retries_total") == 2
     assert _get(samples, "streamsend_send_rate_messages_per_second") == pytest.approx(9.0)
@@ -115,7 +115,7 @@ async def test_each_scrape_reads_the_stats_afresh() -> None:
     clock = FakeClock()
     stats = RunStats(clock=clock)
     depth = [3]
-    stats.queue_depth_probes["batches"] = lambda: depth[0]
+    stats.queue_depth_probes["batches_waiting"] = lambda: depth[0]
     async with serve_metrics(stats, port=0) as url:
         _, before = await _scrape(url)
         stats.count_outcome("queued", "pn_a", 10)
@@ -128,8 +128,8 @@ async def test_each_scrape_reads_the_stats_afresh() -> None:
     assert _get(after, "streamsend_messages_total", status="queued", sender="pn_a") == 10
     assert _get(before, "streamsend_requests_in_flight") == 0
     assert _get(after, "streamsend_request_duration_seconds_count") == 1
-    assert _get(before, "streamsend_queue_depth", queue="batches") == 3
-    assert _get(after, "streamsend_queue_depth", queue="batches") == 0
+    assert _get(before, "streamsend_queue_depth", queue="batches_waiting") == 3
+    assert _get(after, "streamsend_queue_depth", queue="batches_waiting") == 0
     assert _get(after, "streamsend_send_rate_messages_per_second") == pytest.approx(5.0)
 
 

@@ -25,10 +25,10 @@ import pytest
 from aiohttp import web
 
 from streamsend._config import Settings
-from streamsend._journal import FileJournal
 from streamsend._models import Outcome, Status
-from streamsend._outcomes import FileSink, MemorySink
+from streamsend._outcomes import MemorySink
 from streamsend._pipeline import Pipeline, RunResult
+from streamsend._run import open_run
 from streamsend._source import read_inputs
 from streamsend.testing import read_ledger
 from tests.conftest import (
@@ -158,17 +158,12 @@ def settings_for(base_url: str, tmp_path: Path, **overrides: Any) -> Settings:
 async def run_in_process(
     settings: Settings, inputs: Sequence[str], api_key: str = API_KEY
 ) -> RunResult:
-    """One Pipeline run writing outcomes and journal to files, as the CLI wires it."""
-    sink = FileSink.open_path(settings.outcomes, fsync=False)
+    """One Pipeline run writing outcomes and journal to files, wired by `open_run` as the CLI's
+    and the library's runs are."""
     assert settings.journal_path is not None
-    journal = FileJournal(settings.journal_path, fsync=False)
-    try:
-        source = read_inputs(inputs, max_line_bytes=settings.max_line_bytes)
-        pipeline = Pipeline(settings, api_key=api_key, source=source, sink=sink)
-        return await pipeline.run()
-    finally:
-        sink.close()
-        journal.close()
+    source = read_inputs(inputs, max_line_bytes=settings.max_line_bytes)
+    async with open_run(settings, api_key=api_key, source=source) as run:
+        return await run.pipeline.run()
 
 
 # -- in-process, against the emulator fixture ---------------------------------------------------

@@ -1,10 +1,10 @@
 """The wire format (`streamsend._protocol`): what each answer of the service proves.
 
 `WireProtocol.classify` is the one place an HTTP answer becomes a decision, so every status the
-service uses (../shared/trackly-api.md) is checked here against the exception class that carries
-the decision: `Accepted` (read the per-message errors), `RateLimited` and `NotSent` (retry),
-`Refused` (don't), `FatalServiceError` (stop the run) and `MaybeSent` (unknown, never resent
-silently).
+service uses (listed in the README and in `_protocol`) is checked here against the exception class
+that carries the decision: `Accepted` (read the per-message errors), `RateLimited` and `NotSent`
+(retry), `Refused` (don't), `FatalServiceError` (stop the run) and `MaybeSent` (unknown, never
+resent silently).
 """
 
 from __future__ import annotations

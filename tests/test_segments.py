@@ -4,10 +4,11 @@ The client (`streamsend._segments`) and the emulator (`streamsend.emulator._segm
 separate code on purpose; every hand-checked case is checked on both, and a property test checks
 they agree on any text, so a counting bug can't hide in a shared implementation.
 
-The rules (../shared/trackly-api.md): GSM-7 bodies take 160 units in one segment and 153 per segment
-when split, the extension characters ``^ { } \\ [ ] ~ | €`` taking two units; any character
-outside GSM-7 makes the body UCS-2, 70 UTF-16 code units in one segment and 67 per segment when
-split. Each expected value below was worked out by hand from those numbers.
+The rules (the Trackly documentation, restated in `streamsend._segments`): GSM-7 bodies take 160
+units in one segment and 153 per segment when split, the extension characters ``^ { } \\ [ ] ~ |
+€`` taking two units; any character outside GSM-7 makes the body UCS-2, 70 UTF-16 code units in one
+segment and 67 per segment when split. Each expected value below was worked out by hand from those
+numbers.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 No machine here reaches the real service, so every claim streamsend makes (correct outcomes
 under faults, exactly-once delivery, throughput) is measured against this emulator. It follows
-the API notes in the Trackly documentation: the v1 and v2 bulk endpoints with their
+the Trackly API documentation: the v1 and v2 bulk endpoints with their
 request-level errors and in-band per-message errors, v1's deprecation headers, the 5,000,000
 byte payload limit, and the per-list send rate with stale messages dropped silently.
 
