@@ -15,10 +15,11 @@ How data flows (one module per stage, bounded queues of batches between them):
 
 Around them: _types (the shared aliases, `ExitCode`, and the four seams as Protocols: LineSource,
 OutcomeSink, Journal, RateLimiter), _protocol (the Trackly wire format of each API version),
-_models (the records), _exceptions, _config, _durable (fsync and torn lines), _segments,
-_stats, _logs, _metrics, _progress; _cli (the command table), _check and _demo (commands);
-_api (`Client`: the same run fed from Python). `streamsend.emulator` is a faithful local Trackly
-service; `streamsend.testing` is the public test kit (no production module imports it).
+_models (the records), _exceptions, _config, _durable (fsync and torn lines), _segments, _stats,
+_logs, _metrics, _progress; _cli (the command table), _usage (what every command's parser shares),
+_check and _demo (commands); _api (`Client`: the same run fed from Python). `streamsend.emulator`
+is a faithful local Trackly service; `streamsend.testing` is the public test kit (no production
+module imports it).
 """
 
 from streamsend._api import Client

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import pkgutil
+import re
 
 import pytest
 
@@ -142,3 +143,16 @@ def test_not_sent_and_maybe_sent_are_apart() -> None:
     """*Maybe sent* is never a kind of *not sent*: catching NotSent must not catch ambiguity."""
     assert not issubclass(_exceptions.MaybeSent, _exceptions.NotSent)
     assert not issubclass(_exceptions.MaybeSent, _exceptions.Refused)
+
+
+def test_the_module_map_names_every_module() -> None:
+    """`streamsend/__init__.py`'s docstring names each private module of the package, and
+    names no module that doesn't exist: the map a newcomer reads matches the files."""
+    doc = streamsend.__doc__ or ""
+    named = set(re.findall(r"(?<![\w.])(_[a-z]+)\b", doc))
+    files = {
+        info.name
+        for info in pkgutil.iter_modules(streamsend.__path__)
+        if info.name.startswith("_") and info.name != "__main__"
+    }
+    assert named == files
