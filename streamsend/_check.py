@@ -31,7 +31,7 @@ import orjson
 from streamsend._exceptions import ConfigError, InputError, StreamsendError
 from streamsend._models import Encoding, Message
 from streamsend._source import DEFAULT_MAX_LINE_BYTES, read_inputs
-from streamsend._types import ApiVersion
+from streamsend._types import ApiVersion, ExitCode
 from streamsend._usage import OneLineParser
 from streamsend._validate import Validator, sender_problem
 
@@ -316,19 +316,20 @@ def check_main(argv: list[str]) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
-        return exc.code if isinstance(exc.code, int) else 2
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     try:
         summary = _run_check(args)
     except StreamsendError as exc:
         print(f"streamsend check: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush of
         # stdout from raising again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
-    return 0 if summary.invalid == 0 else 1
+        return ExitCode.NOT_ALL_QUEUED
+    # 1, as for `send`: the campaign would not be queued whole.
+    return ExitCode.OK if summary.invalid == 0 else ExitCode.NOT_ALL_QUEUED
 
 
 def _run_check(args: argparse.Namespace) -> CheckSummary:

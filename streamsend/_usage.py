@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-EXIT_USAGE = 2
+from streamsend._types import ExitCode
 
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line naming the fix (`--help`), exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 
+from streamsend._types import ExitCode
 from streamsend._usage import OneLineParser
 from streamsend.emulator._app import run_emulator
 from streamsend.emulator._config import (
@@ -345,24 +346,24 @@ def emulator_main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
-        return exc.code if isinstance(exc.code, int) else 2
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     try:
         config = config_from_args(args, os.environ)
         check_config(config)
     except EmulatorConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         asyncio.run(_serve_until_signalled(config))
     except EmulatorConfigError as exc:  # found only when starting, e.g. an unopenable ledger
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except OSError as exc:
         print(
             f"{PROG}: error: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
             file=sys.stderr,
         )
-        return 1
+        return 1  # the documented "failing to listen" status of a server process
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
-        return 0
-    return 0
+        return ExitCode.OK
+    return ExitCode.OK
