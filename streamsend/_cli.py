@@ -101,8 +101,8 @@ def _send_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="requests in flight at most (default 8)")
     p.add_argument(
         "--rate",
-        help="messages per sending number, e.g. 17000/min or 300/s "
-        "(default unlimited; the service's default send rate is 17000/min)",
+        help="messages per sending number, with a unit: 17000/min (the default: the "
+        "service's own send rate per sending list), 300/s; `unlimited` opts out of pacing",
     )
     p.add_argument("--timeout", help="seconds per request attempt (default 30)")
     p.add_argument(

@@ -8,7 +8,6 @@ TRACKLY_API_KEY or from the file `api_key_file` names, and it is never printed.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
@@ -17,33 +16,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from streamsend._exceptions import ConfigError
+from streamsend._pacing import DEFAULT_RATE_PER_MIN, UNLIMITED, parse_rate
 from streamsend._types import ApiVersion
 
 DEFAULT_BASE_URL = "https://app.tracklysms.com/api"
 API_KEY_ENV = "TRACKLY_API_KEY"
 _KEY_SHAPE = re.compile(r"trk_[A-Za-z0-9]{32}")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
-_UNIT_SECONDS = {
-    "s": 1,
-    "sec": 1,
-    "second": 1,
-    "m": 60,
-    "min": 60,
-    "minute": 60,
-    "h": 3600,
-    "hour": 3600,
-}
-
-
-def parse_rate(text: str) -> float:
-    """'17000/min' → messages per second. A bare number is per second."""
-    match = _RATE.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a rate like 17000/min or 300/s")
-    per_second = float(match[1]) / _UNIT_SECONDS[match[2] or "s"]
-    if not (math.isfinite(per_second) and per_second > 0):  # 400 nines parse as inf
-        raise ValueError("a rate must be a finite number above zero")
-    return per_second
 
 
 def parse_duration(text: str) -> float:
@@ -64,7 +42,9 @@ class Settings:
     batch_size: int = 1000
     linger_ms: float = 250.0
     concurrency: int = 8
-    rate: float | None = None  # messages per second per sender; None: unpaced
+    # Messages per second per sender; None: unpaced (`--rate unlimited`). The default is the
+    # service's own default send rate: faster, messages wait in its queue and go stale.
+    rate: float | None = DEFAULT_RATE_PER_MIN / 60
     sender_rates: Mapping[str, float] = field(default_factory=dict)
     timeout: float = 30.0
     retries: int = 5
@@ -172,15 +152,14 @@ def _bool(value: object) -> bool:
 
 
 def _rate(value: object) -> float | None:
-    if value is None or (isinstance(value, str) and value.lower() in ("", "none", "unlimited")):
+    if value == UNLIMITED:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        # TOML has inf and nan; neither paces anything (and nan compares false with zero).
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{value} is not a rate: it must be a finite number above zero")
-        return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"expected a rate like 17000/min, got {type(value).__name__}")
+        # A TOML number has no unit, and 600 means 600/s to one reader and 600/min to another.
+        raise ValueError(
+            f'{value!r} has no unit: write a string like "{value}/min" or "{value}/s", '
+            f'or "{UNLIMITED}"'
+        )
     return parse_rate(value)
 
 

@@ -22,10 +22,19 @@ from streamsend._config import Settings
 from streamsend._exceptions import ConfigError
 from streamsend._journal import FileJournal, ResumeState
 from streamsend._outcomes import FileSink
+from streamsend._pacing import DEFAULT_RATE, DEFAULT_RATE_PER_MIN, SERVICE_STALE_AFTER_S
 from streamsend._pipeline import Pipeline
 from streamsend._source import read_inputs, total_input_bytes
 from streamsend._stats import RunStats
 from streamsend._types import ExitCode, LineSource, Logger, OutcomeSink, RateLimiter
+
+#: What `--rate unlimited` risks, said at the start of such a run.
+UNPACED_HINT = (
+    f"--rate unlimited: the service sends {DEFAULT_RATE} per sending list (its default) and "
+    f"drops what waits in its queue over {SERVICE_STALE_AFTER_S // 60} min, so it holds about "
+    f"{DEFAULT_RATE_PER_MIN * SERVICE_STALE_AFTER_S // 60:,} messages per list; past that, "
+    "messages are lost while the outcomes say queued"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +151,16 @@ async def send_campaign(
     resume: bool = False,
     overwrite: bool = False,
     emulator: bool = False,
+    emulator_send_rate_per_min: float | None = None,
 ) -> ExitCode:
     """A command-line run: `open_run` plus the emulator (when asked), logging, SIGINT/SIGTERM
     as a graceful drain (twice: stop at once), progress, metrics and the final summary."""
     from streamsend._logs import configure_logging, get_logger
 
-    async with _maybe_emulator(given, emulator) as (settings, emulator_key):
+    async with _maybe_emulator(given, emulator, emulator_send_rate_per_min) as (
+        settings,
+        emulator_key,
+    ):
         key = api_key or emulator_key
         configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=(key,))
         # Bound once: the lazy proxy re-resolves the configuration on every call (~2 us), which
@@ -168,6 +181,8 @@ async def send_campaign(
             log.info(
                 "start", config=settings.redacted(), inputs=list(inputs), emulator=emulator or None
             )
+            if settings.rate is None:
+                log.warning("unpaced", hint=UNPACED_HINT)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, run.pipeline.request_stop)
@@ -182,8 +197,11 @@ async def send_campaign(
 
 
 @contextlib.asynccontextmanager
-async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tuple[Settings, str]]:
-    """With --emulator: a local emulator, a fresh key and a default sender; else as given."""
+async def _maybe_emulator(
+    settings: Settings, enabled: bool, send_rate_per_min: float | None = None
+) -> AsyncIterator[tuple[Settings, str]]:
+    """With --emulator: a local emulator (sending each list at `send_rate_per_min`, or the
+    service's default), a fresh key and a default sender; else as given."""
     if not enabled:
         yield settings, ""
         return
@@ -197,6 +215,7 @@ async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tu
         api_keys=(key,),
         v1_lists=lists if v1 else (DEFAULT_V1_LIST,),
         v2_lists=(DEFAULT_V2_LIST,) if v1 else lists,
+        send_rate_per_min=send_rate_per_min or DEFAULT_RATE_PER_MIN,
     )
     async with run_emulator(config) as running:
         yield replace(settings, base_url=running.base_url, sender=sender), key
