@@ -82,6 +82,13 @@ class Settings:
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int | None = None
     progress_interval: float = 5.0
+    # Campaign input (see _formats, _csv_source, _template).
+    input_format: Literal["ndjson", "csv", "tsv"] | None = None  # None: by extension / content
+    to_column: str | None = None
+    body_column: str | None = None
+    ref_column: str | None = None
+    template: str | None = None
+    template_file: str | None = None
 
     def rate_for(self, sender: str) -> float | None:
         return self.sender_rates.get(sender, self.rate)
@@ -228,9 +235,15 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "log_format": _choice("auto", "json", "console"),
     "metrics_port": _int_in(0, 65535),
     "progress_interval": _float_in(0.1, 3600, duration=True),
+    "input_format": _choice("ndjson", "csv", "tsv"),
+    "to_column": _text,
+    "body_column": _text,
+    "ref_column": _text,
+    "template": _text,
+    "template_file": _text,
 }
 # Friendlier spellings accepted in files and the environment.
-_ALIASES = {"from": "sender", "rates": "sender_rates"}
+_ALIASES = {"from": "sender", "rates": "sender_rates", "format": "input_format"}
 
 
 def _apply(settings: Settings, values: Mapping[str, object], where: str) -> Settings:

@@ -21,6 +21,7 @@ import structlog
 
 from streamsend._attempts import Backoff
 from streamsend._batcher import Batcher
+from streamsend._campaign import source_refusals
 from streamsend._config import Settings
 from streamsend._dispatch import Dispatcher, DispatchSettings
 from streamsend._journal import Decision, ResumeState
@@ -224,6 +225,8 @@ class Pipeline:
             self._validator.validate_lines(
                 block.source, block.first_line, block.lines, messages, others
             )
+            if block.errors:
+                others.extend(source_refusals(block))
         else:
             self._take_resumed_lines(block, messages, others)
         stats = self.stats
@@ -268,6 +271,8 @@ class Pipeline:
                 continue  # an earlier run's outcome stands
             if decision is Decision.SEND:
                 validator.validate_lines(source, line, [raw], messages, others)
+                if block.errors and line in block.errors:
+                    others.extend(source_refusals(block, (line,)))
                 continue
             # MARK_UNKNOWN: it was in flight when the earlier run stopped.
             kept: list[Message] = []
