@@ -322,6 +322,12 @@ def load_api_key(settings: Settings, env: Mapping[str, str] | None = None) -> st
         raise ConfigError(
             f"no API key: set {API_KEY_ENV}, or name a key file with api_key_file in the config"
         )
+    return check_api_key(key, where)
+
+
+def check_api_key(key: str, where: str) -> str:
+    """`key` stripped, if it is shaped like a Trackly key; a ConfigError naming `where` if not
+    (a placeholder such as `trk_...` is refused here, not by the service mid-run)."""
     key = key.strip()
     if not _KEY_SHAPE.fullmatch(key):
         # Never echo the value: a mistyped key is still mostly a secret.
