@@ -131,6 +131,18 @@ def _send_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics and /healthz on 127.0.0.1:PORT"
     )
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="reach the API through this HTTP proxy, e.g. http://proxy:3128; none: directly "
+        "(default: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, minus NO_PROXY, as curl does)",
+    )
+    p.add_argument(
+        "--ca-bundle",
+        metavar="PEM",
+        help="also trust the CA certificates in this file, e.g. a private CA (default: only "
+        "the system's, or SSL_CERT_FILE's)",
+    )
     return p
 
 
@@ -154,6 +166,8 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "log_level",
         "log_format",
         "metrics_port",
+        "proxy",
+        "ca_bundle",
     )
     return {name: getattr(args, name, None) for name in names}
 

@@ -82,6 +82,9 @@ class Settings:
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int | None = None
     progress_interval: float = 5.0
+    # None: the proxy HTTPS_PROXY & co. name (see `_dispatch.proxy_for`); "": connect directly.
+    proxy: str | None = None
+    ca_bundle: str | None = None  # PEM CAs trusted besides the system's (a private CA)
 
     def rate_for(self, sender: str) -> float | None:
         return self.sender_rates.get(sender, self.rate)
@@ -196,6 +199,20 @@ def _sender_rates(value: object) -> dict[str, float]:
     return rates
 
 
+def _proxy(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a proxy URL like http://proxy:3128, got {type(value).__name__}")
+    text = value.strip()
+    if text.lower() in ("", "none", "direct"):
+        return ""  # explicitly no proxy, whatever HTTPS_PROXY says
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text  # curl reads a bare host:port as an HTTP proxy
+    if scheme.lower() not in ("http", "https") or not re.match(r"^[^\s/]+", rest):
+        raise ValueError(f"{text!r} is not a proxy URL like http://proxy:3128 (or none)")
+    return text
+
+
 def _url(value: object) -> str:
     text = _text(value)
     if not re.match(r"^https?://[^\s/]+", text):
@@ -228,6 +245,8 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "log_format": _choice("auto", "json", "console"),
     "metrics_port": _int_in(0, 65535),
     "progress_interval": _float_in(0.1, 3600, duration=True),
+    "proxy": _proxy,
+    "ca_bundle": _text,
 }
 # Friendlier spellings accepted in files and the environment.
 _ALIASES = {"from": "sender", "rates": "sender_rates"}

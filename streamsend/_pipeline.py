@@ -94,6 +94,8 @@ class Pipeline:
                 retries=settings.retries,
                 resend_unknown=settings.resend_unknown,
                 backoff=Backoff(settings.backoff_base, settings.backoff_cap),
+                proxy=settings.proxy,
+                ca_bundle=settings.ca_bundle,
             ),
             sink=sink,
             journal=journal,
