@@ -137,6 +137,18 @@ def _send_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="serve Prometheus metrics and /healthz on 127.0.0.1:PORT"
     )
     add_input_arguments(p)
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="reach the API through this HTTP proxy, e.g. http://proxy:3128; none: directly "
+        "(default: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, minus NO_PROXY, as curl does)",
+    )
+    p.add_argument(
+        "--ca-bundle",
+        metavar="PEM",
+        help="also trust the CA certificates in this file, e.g. a private CA (default: only "
+        "the system's, or SSL_CERT_FILE's)",
+    )
     return p
 
 
@@ -161,6 +173,8 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "log_format",
         "metrics_port",
         *INPUT_SETTINGS,
+        "proxy",
+        "ca_bundle",
     )
     return {name: getattr(args, name, None) for name in names}
 
