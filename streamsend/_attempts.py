@@ -24,7 +24,6 @@ from types import SimpleNamespace
 import aiohttp
 
 from streamsend._exceptions import (
-    TRANSPORT_ERRORS,
     FatalServiceError,
     MaybeSent,
     NotSent,
@@ -39,6 +38,16 @@ from streamsend._protocol import Accepted, WireProtocol
 from streamsend._recorder import Recorder
 from streamsend._stats import RunStats
 from streamsend._types import Logger
+
+#: The lower-level errors `map_transport_error` handles; a test checks each maps to a SendError.
+#: Here rather than in `_exceptions`, which every command imports and which so stays free of
+#: aiohttp; the attempt loop is the one place they are caught.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    asyncio.TimeoutError,
+    aiohttp.ClientError,
+    OSError,
+)
 
 # aiohttp's threshold (aiohttp.payload.TOO_LARGE_BYTES_BODY) for "a large body as raw bytes".
 _LARGE_BODY_BYTES = 1 << 20

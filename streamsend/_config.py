@@ -62,6 +62,16 @@ class Settings:
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int | None = None
     progress_interval: float = 5.0
+    # Campaign input (see _formats, _csv_source, _template).
+    input_format: Literal["ndjson", "csv", "tsv"] | None = None  # None: by extension / content
+    to_column: str | None = None
+    body_column: str | None = None
+    ref_column: str | None = None
+    template: str | None = None
+    template_file: str | None = None
+    # None: the proxy HTTPS_PROXY & co. name (see `_dispatch.proxy_for`); "": connect directly.
+    proxy: str | None = None
+    ca_bundle: str | None = None  # PEM CAs trusted besides the system's (a private CA)
 
     def rate_for(self, sender: str) -> float | None:
         return self.sender_rates.get(sender, self.rate)
@@ -175,6 +185,20 @@ def _sender_rates(value: object) -> dict[str, float]:
     return rates
 
 
+def _proxy(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a proxy URL like http://proxy:3128, got {type(value).__name__}")
+    text = value.strip()
+    if text.lower() in ("", "none", "direct"):
+        return ""  # explicitly no proxy, whatever HTTPS_PROXY says
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text  # curl reads a bare host:port as an HTTP proxy
+    if scheme.lower() not in ("http", "https") or not re.match(r"^[^\s/]+", rest):
+        raise ValueError(f"{text!r} is not a proxy URL like http://proxy:3128 (or none)")
+    return text
+
+
 def _url(value: object) -> str:
     text = _text(value)
     if not re.match(r"^https?://[^\s/]+", text):
@@ -207,9 +231,17 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "log_format": _choice("auto", "json", "console"),
     "metrics_port": _int_in(0, 65535),
     "progress_interval": _float_in(0.1, 3600, duration=True),
+    "input_format": _choice("ndjson", "csv", "tsv"),
+    "to_column": _text,
+    "body_column": _text,
+    "ref_column": _text,
+    "template": _text,
+    "template_file": _text,
+    "proxy": _proxy,
+    "ca_bundle": _text,
 }
 # Friendlier spellings accepted in files and the environment.
-_ALIASES = {"from": "sender", "rates": "sender_rates"}
+_ALIASES = {"from": "sender", "rates": "sender_rates", "format": "input_format"}
 
 
 def _apply(settings: Settings, values: Mapping[str, object], where: str) -> Settings:
@@ -282,6 +314,12 @@ def load_api_key(settings: Settings, env: Mapping[str, str] | None = None) -> st
         raise ConfigError(
             f"no API key: set {API_KEY_ENV}, or name a key file with api_key_file in the config"
         )
+    return check_api_key(key, where)
+
+
+def check_api_key(key: str, where: str) -> str:
+    """`key` stripped, if it is shaped like a Trackly key; a ConfigError naming `where` if not
+    (a placeholder such as `trk_...` is refused here, not by the service mid-run)."""
     key = key.strip()
     if not _KEY_SHAPE.fullmatch(key):
         # Never echo the value: a mistyped key is still mostly a secret.
