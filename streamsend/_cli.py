@@ -205,6 +205,7 @@ def send_main(argv: Sequence[str]) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             emulator=args.emulator,
+            command=argv,
         )
     )
 

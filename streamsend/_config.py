@@ -46,6 +46,15 @@ def parse_rate(text: str) -> float:
     return per_second
 
 
+def format_rate(per_second: float) -> str:
+    """A rate as a person writes it: 283.333/s → '17000/min' (parse_rate reads it back)."""
+    for unit, seconds in (("s", 1), ("min", 60), ("hour", 3600)):
+        count = per_second * seconds
+        if abs(count - round(count)) < 1e-6 * max(count, 1):
+            return f"{round(count)}/{unit}"
+    return f"{per_second:.12g}/s"
+
+
 def parse_duration(text: str) -> float:
     """'30s', '250ms', '5m' or a bare number of seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
