@@ -91,6 +91,13 @@ class Settings:
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int | None = None
     progress_interval: float = 5.0
+    # Campaign input (see _formats, _csv_source, _template).
+    input_format: Literal["ndjson", "csv", "tsv"] | None = None  # None: by extension / content
+    to_column: str | None = None
+    body_column: str | None = None
+    ref_column: str | None = None
+    template: str | None = None
+    template_file: str | None = None
     # None: the proxy HTTPS_PROXY & co. name (see `_dispatch.proxy_for`); "": connect directly.
     proxy: str | None = None
     ca_bundle: str | None = None  # PEM CAs trusted besides the system's (a private CA)
@@ -254,11 +261,17 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "log_format": _choice("auto", "json", "console"),
     "metrics_port": _int_in(0, 65535),
     "progress_interval": _float_in(0.1, 3600, duration=True),
+    "input_format": _choice("ndjson", "csv", "tsv"),
+    "to_column": _text,
+    "body_column": _text,
+    "ref_column": _text,
+    "template": _text,
+    "template_file": _text,
     "proxy": _proxy,
     "ca_bundle": _text,
 }
 # Friendlier spellings accepted in files and the environment.
-_ALIASES = {"from": "sender", "rates": "sender_rates"}
+_ALIASES = {"from": "sender", "rates": "sender_rates", "format": "input_format"}
 
 
 def _apply(settings: Settings, values: Mapping[str, object], where: str) -> Settings:

@@ -19,6 +19,7 @@ from typing import Any
 
 from streamsend._attempts import Backoff
 from streamsend._batcher import Batcher
+from streamsend._campaign import source_refusals
 from streamsend._config import Settings
 from streamsend._dispatch import Dispatcher, DispatchSettings
 from streamsend._journal import Decision, ResumeState
@@ -225,6 +226,8 @@ class Pipeline:
             self._validator.validate_lines(
                 block.source, block.first_line, block.lines, messages, others
             )
+            if block.errors:
+                others.extend(source_refusals(block))
         else:
             self._take_resumed_lines(block, messages, others)
         stats = self.stats
@@ -269,6 +272,8 @@ class Pipeline:
                 continue  # an earlier run's outcome stands
             if decision is Decision.SEND:
                 validator.validate_lines(source, line, [raw], messages, others)
+                if block.errors and line in block.errors:
+                    others.extend(source_refusals(block, (line,)))
                 continue
             # MARK_UNKNOWN: it was in flight when the earlier run stopped.
             kept: list[Message] = []

@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
+from streamsend._campaign import Campaign
 from streamsend._config import Settings
 from streamsend._exceptions import ConfigError
 from streamsend._journal import FileJournal, ResumeState
@@ -160,7 +161,13 @@ async def send_campaign(
         log = get_logger("streamsend").bind()
         stats = stats if stats is not None else RunStats()
         stats.input_bytes_total = total_input_bytes(inputs)
-        source = read_inputs(inputs, max_line_bytes=settings.max_line_bytes)
+        campaign = Campaign.load(settings)
+        source = read_inputs(
+            inputs,
+            max_line_bytes=settings.max_line_bytes,
+            input_format=settings.input_format,
+            columns=campaign.columns,
+        )
         async with open_run(
             settings,
             api_key=key,
