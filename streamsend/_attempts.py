@@ -318,12 +318,17 @@ class AttemptLoop:
         if deprecation is None:
             return
         self._warned_deprecated = True
+        hint = (
+            self._protocol.deprecation_hint
+            or f"the service says API {self._protocol.version} is deprecated"
+        )
+        # Kept in the stats too, so the human summary (and the demo) can say it in words.
+        self._stats.deprecation = hint
         self._log.warning(
             "api_deprecated",
             deprecation=deprecation,
             x_api_deprecated=response.headers.get("X-API-Deprecated"),
-            hint=self._protocol.deprecation_hint
-            or f"the service says API {self._protocol.version} is deprecated",
+            hint=hint,
         )
 
 

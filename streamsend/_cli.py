@@ -214,6 +214,7 @@ def send_main(argv: Sequence[str]) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             emulator=args.emulator,
+            command=argv,
         )
     )
 

@@ -184,6 +184,8 @@ def configure_logging(
         renderer = console_renderer(colors=is_terminal)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps_json)
+        if is_terminal:
+            renderer = _on_fresh_line(renderer)
     processors = [*logging_processors(secrets=secrets), renderer]
     structlog.configure(
         processors=processors,
@@ -308,6 +310,16 @@ class _TerminalConsoleRenderer(structlog.dev.ConsoleRenderer):
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         return _CLEAR_LINE + super().__call__(logger, name, event_dict)
+
+
+def _on_fresh_line(renderer: Processor) -> Processor:
+    """`renderer`, erasing the terminal's current line first (see _TerminalConsoleRenderer):
+    JSON lines on a terminal would otherwise be glued onto the live progress line."""
+
+    def render(logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        return _CLEAR_LINE + str(renderer(logger, name, event_dict))
+
+    return render
 
 
 def _dumps_json(obj: object, **kwargs: object) -> str:
