@@ -172,12 +172,12 @@ async def send_campaign(
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, run.pipeline.request_stop)
             try:
-                async with _observers(settings, stats, log):
+                async with observe_run(settings, stats, log):
                     result = await run.pipeline.run()
             finally:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
-        _report_summary(stats, log)
+        report_summary(stats, log)
         return result.exit_code
 
 
@@ -203,7 +203,7 @@ async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tu
 
 
 @contextlib.asynccontextmanager
-async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
+async def observe_run(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
     """The metrics endpoint and the progress reporter, for the length of the run."""
     async with contextlib.AsyncExitStack() as stack:
         if settings.metrics_port is not None:
@@ -229,7 +229,7 @@ async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncI
             await asyncio.gather(progress, return_exceptions=True)
 
 
-def _report_summary(stats: RunStats, log: Logger) -> None:
+def report_summary(stats: RunStats, log: Logger) -> None:
     from streamsend._progress import format_summary, summary_fields
 
     snapshot = stats.snapshot()
