@@ -5,9 +5,9 @@
     python -m benchmarks --quick --memory --malloc --profile
     python -m benchmarks --scenarios loopback --messages 300000 --runs 5
 
-`latest.json` and `latest.png` are rewritten only by a run that covers the four standard
-scenarios (loopback, wan, paced, trickle); any run's full figures, with raw latencies, go to
-`data/results-<time>.json`.
+`latest.json` and `latest.png` are rewritten only by a run that covers the five standard
+scenarios (loopback, wan, paced, trickle, startup); any run's full figures, with raw latencies,
+go to `data/results-<time>.json`.
 """
 
 from __future__ import annotations
@@ -34,18 +34,20 @@ from benchmarks._scenarios import (
     malloc_env,
     memory,
     paced,
+    startup,
     throughput,
     trickle,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
-STANDARD = ("loopback", "wan", "paced", "trickle")
+STANDARD = ("loopback", "wan", "paced", "trickle", "startup")
 OPTIONAL = ("memory", "malloc", "profile")
 
-#: mode: (messages, wan messages, paced seconds, trickle lines, memory small, memory large)
+#: mode: (messages, wan messages, paced seconds, trickle lines, memory small, memory large,
+#: start-up rounds)
 SIZES = {
-    "quick": (200_000, 100_000, 10.0, 40, 100_000, 1_000_000),
-    "full": (1_000_000, 200_000, 11.0, 100, 500_000, 5_000_000),
+    "quick": (200_000, 100_000, 10.0, 40, 100_000, 1_000_000, 5),
+    "full": (1_000_000, 200_000, 11.0, 100, 500_000, 5_000_000, 11),
 }
 
 
@@ -75,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     mode = "quick" if args.quick else "full"
-    messages, wan, paced_s, trickle_lines, small, large = SIZES[mode]
+    messages, wan, paced_s, trickle_lines, small, large, startup_runs = SIZES[mode]
     return Plan(
         mode=mode,
         data_dir=args.data_dir,
@@ -89,6 +91,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         trickle_linger_ms=100,
         memory_small=small,
         memory_large=large,
+        startup_runs=startup_runs,
     )
 
 
@@ -161,6 +164,8 @@ def run_benchmarks(plan: Plan, scenarios: list[str], results_dir: Path) -> dict[
             summary, records = paced(plan, input_of(paced_messages), paced_messages)
         elif name == "trickle":
             summary, records = trickle(plan)
+        elif name == "startup":
+            summary, records = startup(plan)
         elif name == "memory":
             summary, records = memory(plan)
         elif name == "malloc":

@@ -116,6 +116,8 @@ def format_table(results: dict[str, Any]) -> str:
             + ("-" if share is None else f"{share:.1%}")
         )
         out += [f"  FAILED {failure}" for failure in trickle["failures"]]
+    if "startup" in scenarios:
+        out += _startup_table(scenarios["startup"])
     if "memory" in scenarios:
         memory = scenarios["memory"]
         ratio = memory["ratio"]
@@ -142,6 +144,26 @@ def format_table(results: dict[str, Any]) -> str:
             f"{_spread(ratio['cpu_ratio_per_round'])}×"
         )
     return "\n".join(out) + "\n"
+
+
+def _startup_table(startup: dict[str, Any]) -> list[str]:
+    targets = startup["targets"]
+    out = [
+        f"\nstartup: {startup['rounds']} rounds, interleaved; targets: --help "
+        f"<= {targets['help_cpu_s']} s CPU, send to first request <= "
+        f"{targets['send_first_request_s']} s",
+        f"  {'command':<22} {'CPU s median [min–max]':<24} {'wall s median [min–max]':<24} "
+        "first request s",
+    ]
+    for name, row in startup["rows"].items():
+        first = row["to_first_request_s"]
+        out.append(
+            f"  {name:<22} {_spread(row['cpu_s'], 3):<24} {_spread(row['wall_s'], 3):<24} "
+            + ("-" if not first else _spread(first, 3))
+        )
+        out += [f"  {'':<22} FAILED {failure}" for failure in row["failures"]]
+    out.append("  sends are of one line, to exit (CPU) and to its arrival at the emulator")
+    return out
 
 
 def _x(value: float | None) -> str:

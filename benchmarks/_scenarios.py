@@ -6,6 +6,7 @@
 - `trickle`: lines written to streamsend's stdin one at a time; ledger arrival minus write time.
 - `memory`: streamsend's peak RSS on a small and a 10× larger input.
 - `malloc`: streamsend with and without glibc heap-trimming tuned through the environment.
+- `startup`: CPU and wall time of `streamsend --help` and of a one-line `send`, with baselines.
 
 Throughput scenarios run the tools interleaved (A B C A B C ...) on the same input against the
 same emulator, so a phase of the machine running slow hits every tool alike. Before the timed
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +65,7 @@ class Plan:
     trickle_linger_ms: int
     memory_small: int
     memory_large: int
+    startup_runs: int = 5
     timeout_s: float = 900.0
     log: Callable[[str], None] = print
 
@@ -637,3 +640,125 @@ def malloc_env(
         "variants": {name: summarise_tool(records, name) for name in variants},
         "with_env_vs_without": compare(records, "streamsend+malloc_env", "streamsend"),
     }, records
+
+
+# -- startup ------------------------------------------------------------------------------------
+
+#: The start-up targets of issue 12, in seconds.
+STARTUP_TARGETS = {"help_cpu_s": 0.15, "send_first_request_s": 0.35}
+
+
+def startup(plan: Plan) -> tuple[dict[str, Any], list[RunRecord]]:
+    """What a command costs before it does anything: CPU (user + sys of the child, from
+    `os.wait4`) and wall time, median of `startup_runs` interleaved rounds.
+
+    Rows: the bare interpreter (`python -c pass`, the floor), `streamsend --help`, `streamsend
+    send` of one line to exit (checked like any run), and the minimal asyncio client on the same
+    line. For the sends, also the wall time from spawning to the request's arrival in the
+    emulator's ledger ("to first request"; it includes ~10 ms of the measuring parent's spawn).
+    """
+    one_line = plan.data_dir / "input-1.ndjson"
+    one_line.write_bytes(message_line(0, "Start-up", 10_000))
+    records: list[RunRecord] = []
+    first_request: dict[str, list[float]] = {}
+    with EmulatorProcess(
+        plan.data_dir / "emulator-startup.log", ledger=plan.data_dir / "ledger-startup.ndjson"
+    ) as emulator:
+        plan.log(f"[startup] {plan.startup_runs} rounds, emulator: {emulator.command}")
+        rows: dict[str, tuple[Callable[[Path, Path], list[str]], int]] = {
+            "python -c pass": (lambda outcomes, stats: [sys.executable, "-c", "pass"], 0),
+            "streamsend --help": (
+                lambda outcomes, stats: [sys.executable, "-m", "streamsend", "--help"],
+                0,
+            ),
+            "streamsend send": (_streamsend_builder(str(one_line), emulator.base_url, []), 1),
+            Tool.MINIMAL_ASYNCIO.value: (
+                _tool_builder(Tool.MINIMAL_ASYNCIO, one_line, emulator.base_url),
+                1,
+            ),
+        }
+        for round_ in range(1, plan.startup_runs + 1):
+            for name, (build, messages) in rows.items():
+                offset = emulator.ledger_size()
+                spawned = time.time()
+                record = _startup_run(plan, emulator, name, round_, build, messages)
+                records.append(record)
+                if messages and record.ok:
+                    arrivals = analysis.arrivals_from_ledger(emulator.ledger_since(offset))
+                    if arrivals:
+                        first_request.setdefault(name, []).append(arrivals[0].t - spawned)
+                if not record.ok:
+                    plan.log(f"[startup] {name} round {round_}: {record.problem}")
+    rows_out: dict[str, dict[str, Any]] = {}
+    for name in rows:
+        ok = [r for r in records if r.tool == name and r.ok]
+        rows_out[name] = {
+            "runs": sum(1 for r in records if r.tool == name),
+            "ok_runs": len(ok),
+            "failures": [
+                f"round {r.round}: {r.problem}" for r in records if r.tool == name and not r.ok
+            ],
+            "cpu_s": _rounded(analysis.spread(r.user_s + r.sys_s for r in ok), 3),
+            "wall_s": _rounded(analysis.spread(r.wall_s for r in ok), 3),
+            "to_first_request_s": _rounded(analysis.spread(first_request.get(name, [])), 3),
+            "peak_rss_mib": round(max((r.max_rss_kib for r in ok), default=0) / 1024, 1),
+        }
+        plan.log(f"[startup] {name:<20} {_startup_describe(rows_out[name])}")
+    return {
+        "rounds": plan.startup_runs,
+        "targets": STARTUP_TARGETS,
+        "rows": rows_out,
+        "method": (
+            "rows interleaved per round; CPU = user + sys of the child (os.wait4); sends are one "
+            "line to exit; to first request = the emulator ledger's arrival time minus the time "
+            "just before spawning"
+        ),
+    }, records
+
+
+def _startup_run(
+    plan: Plan,
+    emulator: EmulatorProcess,
+    name: str,
+    round_: int,
+    build: Callable[[Path, Path], list[str]],
+    messages: int,
+) -> RunRecord:
+    if messages:
+        return run_once(
+            plan,
+            emulator,
+            scenario="startup",
+            tool=name,
+            round_=round_,
+            messages=messages,
+            command=build,
+        )
+    stem = plan.data_dir / "runs" / f"startup-{name.replace(' ', '_')}-{round_}"
+    child = run_measured(
+        build(stem, stem), env=child_env(), log_path=stem.with_suffix(".log"), timeout_s=60
+    )
+    return RunRecord(
+        scenario="startup",
+        tool=name,
+        round=round_,
+        messages=1,  # a command, not messages: per-message figures are meaningless here
+        problem=None if child.exit_code == 0 else f"exit status {child.exit_code}",
+        exit_code=child.exit_code,
+        wall_s=child.wall_s,
+        user_s=child.user_s,
+        sys_s=child.sys_s,
+        max_rss_kib=child.max_rss_kib,
+        minor_faults=child.minor_faults,
+        emulator_cpu_s=0.0,
+    )
+
+
+def _startup_describe(row: dict[str, Any]) -> str:
+    cpu, wall, first = row["cpu_s"], row["wall_s"], row["to_first_request_s"]
+    if not cpu or not wall:
+        return "FAILED"
+    text = f"CPU {cpu['median']:.3f} s, wall {wall['median']:.3f} s"
+    if first:
+        text += f", first request at {first['median']:.3f} s"
+    return text

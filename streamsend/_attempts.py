@@ -23,7 +23,6 @@ from types import SimpleNamespace
 import aiohttp
 
 from streamsend._exceptions import (
-    TRANSPORT_ERRORS,
     FatalServiceError,
     LeaseLost,
     MaybeSent,
@@ -39,6 +38,16 @@ from streamsend._protocol import Accepted, WireProtocol
 from streamsend._recorder import Recorder
 from streamsend._stats import RunStats
 from streamsend._types import Logger
+
+#: The lower-level errors `map_transport_error` handles; a test checks each maps to a SendError.
+#: Here rather than in `_exceptions`, which every command imports and which so stays free of
+#: aiohttp; the attempt loop is the one place they are caught.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    asyncio.TimeoutError,
+    aiohttp.ClientError,
+    OSError,
+)
 
 # aiohttp's threshold (aiohttp.payload.TOO_LARGE_BYTES_BODY) for "a large body as raw bytes".
 _LARGE_BODY_BYTES = 1 << 20
@@ -313,12 +322,17 @@ class AttemptLoop:
         if deprecation is None:
             return
         self._warned_deprecated = True
+        hint = (
+            self._protocol.deprecation_hint
+            or f"the service says API {self._protocol.version} is deprecated"
+        )
+        # Kept in the stats too, so the human summary (and the demo) can say it in words.
+        self._stats.deprecation = hint
         self._log.warning(
             "api_deprecated",
             deprecation=deprecation,
             x_api_deprecated=response.headers.get("X-API-Deprecated"),
-            hint=self._protocol.deprecation_hint
-            or f"the service says API {self._protocol.version} is deprecated",
+            hint=hint,
         )
 
 

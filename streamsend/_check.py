@@ -28,9 +28,13 @@ from typing import BinaryIO, get_args
 
 import orjson
 
+from streamsend._campaign import add_input_arguments
+from streamsend._csv_source import CsvColumns
 from streamsend._exceptions import ConfigError, InputError, StreamsendError
+from streamsend._formats import InputFormat, precheck_inputs
 from streamsend._models import Encoding, Message
 from streamsend._source import DEFAULT_MAX_LINE_BYTES, read_inputs
+from streamsend._template import load_template
 from streamsend._types import ApiVersion, ExitCode
 from streamsend._usage import OneLineParser
 from streamsend._validate import Validator, sender_problem
@@ -42,6 +46,8 @@ V1_PLACEHOLDER_SENDER = "pn_check"
 
 #: How many of the numbers that would get several messages the summary names.
 _EXAMPLE_DUPLICATES = 5
+#: How many rendered bodies (with a template) the summary shows.
+_SAMPLES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,8 @@ class CheckSummary:
     duplicate_examples: tuple[str, ...] = ()  # a few of those numbers, most messages first
     sender_checked: bool = True  # False when v1 ran without --from (see V1_PLACEHOLDER_SENDER)
     inputs: tuple[str, ...] = field(default=())
+    segment_spread: dict[int, int] = field(default_factory=dict)  # segments -> messages
+    samples: tuple[str, ...] = ()  # the first few rendered bodies (with a template)
 
     @property
     def invalid(self) -> int:
@@ -87,6 +95,8 @@ class CheckSummary:
             "duplicate_messages": self.duplicate_messages,
             "duplicate_examples": list(self.duplicate_examples),
             "sender_checked": self.sender_checked,
+            "segment_spread": {str(k): v for k, v in sorted(self.segment_spread.items())},
+            "samples": list(self.samples),
         }
         if price_per_segment is not None:
             # A string keeps every digit; a JSON float would round 0.1 + 0.2 the float way.
@@ -102,6 +112,8 @@ async def check_inputs(
     default_sender: str | None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     out: BinaryIO,
+    input_format: InputFormat | None = None,
+    columns: CsvColumns | None = None,
 ) -> CheckSummary:
     """Validate every line of `inputs`, write one NDJSON record per non-blank line to `out`.
 
@@ -120,19 +132,31 @@ async def check_inputs(
     too_long = f"the line is longer than {max_line_bytes} bytes"
     dumps = orjson.dumps
 
-    async for block in read_inputs(inputs, max_line_bytes=max_line_bytes):
+    spread: dict[int, int] = {}
+    samples: list[str] = []
+    want_samples = columns is not None and columns.template is not None
+    blocks = read_inputs(
+        inputs, max_line_bytes=max_line_bytes, input_format=input_format, columns=columns
+    )
+    async for block in blocks:
         records: list[bytes] = []
         source = block.source
+        refused = block.errors or {}
         for number, raw in enumerate(block.lines, block.first_line):
             if raw is None:
                 code, error, ref_json = "line_too_long", too_long, b""
             elif not raw or raw.isspace():
-                continue
+                if number not in refused:
+                    continue
+                (code, error), ref_json = refused[number], b""
             else:
                 result = validator.validate(source, number, raw)
                 if isinstance(result, Message):
                     valid += 1
                     segments += result.segments
+                    spread[result.segments] = spread.get(result.segments, 0) + 1
+                    if want_samples and len(samples) < _SAMPLES:
+                        samples.append(orjson.loads(raw)["body"])
                     if result.encoding is Encoding.GSM7:
                         gsm7 += 1
                     to = result.to
@@ -185,6 +209,8 @@ async def check_inputs(
         duplicate_examples=tuple(number for number, _ in examples),
         sender_checked=sender_checked,
         inputs=tuple(inputs),
+        segment_spread=spread,
+        samples=tuple(samples),
     )
 
 
@@ -200,6 +226,14 @@ def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | Non
         f"  segments: {summary.segments:,} "
         f"(gsm7 {_count(summary.gsm7, 'message')}, ucs2 {_count(summary.ucs2, 'message')})"
     )
+    if summary.segment_spread:
+        lines.append(
+            "  segments per message: "
+            + " · ".join(
+                f"{n} × {_count(count, 'message')}"
+                for n, count in sorted(summary.segment_spread.items())
+            )
+        )
     if summary.duplicate_recipients:
         lines.append(
             f"  duplicate recipients: {_count(summary.duplicate_recipients, 'number')} would get "
@@ -212,6 +246,7 @@ def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | Non
         lines.append(
             f"  estimated cost: {summary.segments:,} segments at {price_per_segment} = {cost}"
         )
+    lines.extend(f"  sample: {sample!r}" for sample in summary.samples)
     if not summary.sender_checked:
         lines.append("  note: no --from given, so the sending number was not checked")
     return "\n".join(lines)
@@ -270,8 +305,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=["-"],
         metavar="INPUT",
-        help="NDJSON files to check; '-' or none reads stdin",
+        help="NDJSON, CSV or TSV files (gzip/zstd too) to check; '-' or none reads stdin",
     )
+    add_input_arguments(parser)
     parser.add_argument(
         "--api-version",
         choices=get_args(ApiVersion),
@@ -346,6 +382,19 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
             raise InputError(f"can't open input {path!r}: no such file")
         if os.path.isdir(path) or not os.access(path, os.R_OK):
             raise InputError(f"can't open input {path!r}: not a readable file")
+    precheck_inputs(args.inputs, args.input_format)
+    try:
+        template = load_template(args.template, args.template_file)
+    except ValueError as exc:
+        flag = "--template-file" if args.template_file else "--template"
+        raise ConfigError(f"{flag}: {exc}") from None
+    columns = CsvColumns(
+        api_version=args.api_version,
+        to_column=args.to_column,
+        body_column=args.body_column,
+        ref_column=args.ref_column,
+        template=template,
+    )
     with ExitStack() as stack:
         out = (
             sys.stdout.buffer
@@ -364,6 +413,8 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
                 default_sender=args.sender,
                 max_line_bytes=args.max_line_bytes,
                 out=out,
+                input_format=args.input_format,
+                columns=columns,
             )
         )
         out.flush()

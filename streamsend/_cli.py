@@ -20,8 +20,10 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
+from streamsend._campaign import INPUT_SETTINGS, Campaign, add_input_arguments
 from streamsend._config import API_KEY_ENV, load_api_key, load_settings
 from streamsend._exceptions import ConfigError, InputError
+from streamsend._formats import precheck_inputs
 from streamsend._types import ExitCode
 from streamsend._usage import OneLineParser
 from streamsend._validate import sender_problem
@@ -47,12 +49,15 @@ error (e.g. a full disk: rerun with --resume); 130 stopped by a signal.
 def _send_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="streamsend send",
-        description='Stream NDJSON lines ({"to_msisdn": ..., "body": ..., "ref": ...}) '
-        "from files or stdin to the Trackly bulk API, writing one outcome per line.",
+        description='Stream NDJSON lines ({"to_msisdn": ..., "body": ..., "ref": ...}), '
+        "or CSV/TSV records (gzip and zstd too), from files or stdin to the Trackly bulk API, "
+        "writing one outcome per line.",
         epilog=_SEND_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="NDJSON files; - is stdin (default)")
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="NDJSON, CSV or TSV files; - is stdin (default)"
+    )
     p.add_argument("--config", metavar="TOML", help="a config file (see configs/)")
     p.add_argument(
         "--emulator",
@@ -131,6 +136,19 @@ def _send_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics and /healthz on 127.0.0.1:PORT"
     )
+    add_input_arguments(p)
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="reach the API through this HTTP proxy, e.g. http://proxy:3128; none: directly "
+        "(default: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, minus NO_PROXY, as curl does)",
+    )
+    p.add_argument(
+        "--ca-bundle",
+        metavar="PEM",
+        help="also trust the CA certificates in this file, e.g. a private CA (default: only "
+        "the system's, or SSL_CERT_FILE's)",
+    )
     return p
 
 
@@ -154,6 +172,9 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "log_level",
         "log_format",
         "metrics_port",
+        *INPUT_SETTINGS,
+        "proxy",
+        "ca_bundle",
     )
     return {name: getattr(args, name, None) for name in names}
 
@@ -171,6 +192,8 @@ def send_main(argv: Sequence[str]) -> int:
         # make two lines one.
         raise ConfigError(f"input named more than once: {', '.join(duplicated)}")
     _check_inputs(inputs)
+    precheck_inputs(inputs, settings.input_format)
+    Campaign.load(settings)  # a bad template is a usage error before anything starts
     if settings.sender is not None:
         problem = sender_problem(settings.api_version, settings.sender)
         if problem:
@@ -191,6 +214,7 @@ def send_main(argv: Sequence[str]) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             emulator=args.emulator,
+            command=argv,
         )
     )
 

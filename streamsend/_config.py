@@ -46,6 +46,15 @@ def parse_rate(text: str) -> float:
     return per_second
 
 
+def format_rate(per_second: float) -> str:
+    """A rate as a person writes it: 283.333/s → '17000/min' (parse_rate reads it back)."""
+    for unit, seconds in (("s", 1), ("min", 60), ("hour", 3600)):
+        count = per_second * seconds
+        if abs(count - round(count)) < 1e-6 * max(count, 1):
+            return f"{round(count)}/{unit}"
+    return f"{per_second:.12g}/s"
+
+
 def parse_duration(text: str) -> float:
     """'30s', '250ms', '5m' or a bare number of seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
@@ -83,6 +92,16 @@ class Settings:
     metrics_port: int | None = None
     progress_interval: float = 5.0
     redis: str | None = None  # the Redis of `enqueue`, `worker`, `collect`, `job`
+    # Campaign input (see _formats, _csv_source, _template).
+    input_format: Literal["ndjson", "csv", "tsv"] | None = None  # None: by extension / content
+    to_column: str | None = None
+    body_column: str | None = None
+    ref_column: str | None = None
+    template: str | None = None
+    template_file: str | None = None
+    # None: the proxy HTTPS_PROXY & co. name (see `_dispatch.proxy_for`); "": connect directly.
+    proxy: str | None = None
+    ca_bundle: str | None = None  # PEM CAs trusted besides the system's (a private CA)
 
     def rate_for(self, sender: str) -> float | None:
         return self.sender_rates.get(sender, self.rate)
@@ -197,6 +216,20 @@ def _sender_rates(value: object) -> dict[str, float]:
     return rates
 
 
+def _proxy(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a proxy URL like http://proxy:3128, got {type(value).__name__}")
+    text = value.strip()
+    if text.lower() in ("", "none", "direct"):
+        return ""  # explicitly no proxy, whatever HTTPS_PROXY says
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text  # curl reads a bare host:port as an HTTP proxy
+    if scheme.lower() not in ("http", "https") or not re.match(r"^[^\s/]+", rest):
+        raise ValueError(f"{text!r} is not a proxy URL like http://proxy:3128 (or none)")
+    return text
+
+
 def _url(value: object) -> str:
     text = _text(value)
     if not re.match(r"^https?://[^\s/]+", text):
@@ -237,9 +270,17 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "metrics_port": _int_in(0, 65535),
     "progress_interval": _float_in(0.1, 3600, duration=True),
     "redis": _redis_url,
+    "input_format": _choice("ndjson", "csv", "tsv"),
+    "to_column": _text,
+    "body_column": _text,
+    "ref_column": _text,
+    "template": _text,
+    "template_file": _text,
+    "proxy": _proxy,
+    "ca_bundle": _text,
 }
 # Friendlier spellings accepted in files and the environment.
-_ALIASES = {"from": "sender", "rates": "sender_rates"}
+_ALIASES = {"from": "sender", "rates": "sender_rates", "format": "input_format"}
 
 
 def _apply(settings: Settings, values: Mapping[str, object], where: str) -> Settings:
@@ -312,6 +353,12 @@ def load_api_key(settings: Settings, env: Mapping[str, str] | None = None) -> st
         raise ConfigError(
             f"no API key: set {API_KEY_ENV}, or name a key file with api_key_file in the config"
         )
+    return check_api_key(key, where)
+
+
+def check_api_key(key: str, where: str) -> str:
+    """`key` stripped, if it is shaped like a Trackly key; a ConfigError naming `where` if not
+    (a placeholder such as `trk_...` is refused here, not by the service mid-run)."""
     key = key.strip()
     if not _KEY_SHAPE.fullmatch(key):
         # Never echo the value: a mistyped key is still mostly a secret.

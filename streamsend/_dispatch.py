@@ -5,6 +5,11 @@ The dispatcher is the pool of workers between the batcher and the service, in th
 `_attempts` (one request and its retries: what each answer proves) and `_recorder` (journal
 records, outcomes and stats of each request). This module owns the HTTP session and the workers.
 
+The session reaches the service the way curl would from the same shell: through the proxy that
+HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name (lower-case forms first) unless NO_PROXY exempts the
+host, or through the `proxy` setting, which overrides them; and it trusts the system's CAs
+(SSL_CERT_FILE / SSL_CERT_DIR still apply) plus the private CA of the `ca_bundle` setting.
+
 Promises:
 - Every batch handed to `submit()` ends with exactly one outcome per message, written to the
   sink, unless the run is aborted by a fatal service answer or cut short by a second signal
@@ -16,20 +21,28 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import aiohttp
-import structlog
 
 from streamsend._attempts import Abort, AttemptLoop, Backoff, mark_transmitted
-from streamsend._exceptions import FatalServiceError
+from streamsend._exceptions import ConfigError, FatalServiceError
 from streamsend._lanes import Lane, Lanes
+from streamsend._logs import library_logger
 from streamsend._models import Batch
 from streamsend._protocol import protocol_for
 from streamsend._recorder import Recorder
 from streamsend._stats import RunStats
 from streamsend._types import ApiVersion, Journal, Logger, OutcomeSink, RateLimiter
+
+if TYPE_CHECKING:
+    import ssl
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +57,102 @@ class DispatchSettings:
     backoff: Backoff = field(default_factory=Backoff)
     # Messages waiting in all lanes before `submit()` makes the producer wait (see `_lanes`).
     max_waiting_messages: int = 20_000
+    proxy: str | None = None  # None: from the environment; "": none (see `proxy_for`)
+    ca_bundle: str | None = None  # PEM file of CAs trusted besides the system's
+
+
+def proxy_for(url: str, setting: str | None, env: Mapping[str, str]) -> str | None:
+    """The proxy to reach `url` through, or None to connect directly; curl's rules.
+
+    `setting` (the `proxy` setting) wins over the environment; "" means no proxy at all.
+    Otherwise https:// URLs use https_proxy/HTTPS_PROXY, http:// ones http_proxy/HTTP_PROXY,
+    either falling back to all_proxy/ALL_PROXY. NO_PROXY (a comma list of hosts, domain
+    suffixes, IP networks, `host:port`, or `*`) exempts a host whichever way the proxy was named.
+    A proxy given without a scheme is an http:// one, as curl takes it.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    proxy = setting if setting is not None else _first_env(env, f"{scheme}_proxy", "all_proxy")
+    if not proxy or _bypassed(parts.hostname or "", parts.port, _first_env(env, "no_proxy")):
+        return None
+    return proxy if "://" in proxy else "http://" + proxy
+
+
+def _first_env(env: Mapping[str, str], *names: str) -> str:
+    for name in names:
+        for spelling in (name, name.upper()):
+            if env.get(spelling, "").strip():
+                return env[spelling].strip()
+    return ""
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    host = host.lower().rstrip(".")
+    for raw in no_proxy.split(","):
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        entry_host, _, entry_port = entry.rpartition(":") if _has_port(entry) else (entry, "", "")
+        if entry_port and port is not None and entry_port != str(port):
+            continue
+        entry_host = entry_host.strip("[]").lstrip(".").rstrip(".")
+        if host == entry_host or host.endswith("." + entry_host):
+            return True
+        if _in_network(host, entry_host):
+            return True
+    return False
+
+
+def _has_port(entry: str) -> bool:
+    # "host:8443" and "[::1]:8443" carry a port; a bare IPv6 address ("::1") does not.
+    return (entry.startswith("[") and "]:" in entry) or entry.count(":") == 1
+
+
+def _in_network(host: str, entry: str) -> bool:
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False)
+    except ValueError:  # a name, not an address or network
+        return False
+
+
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """The system's trusted CAs (SSL_CERT_FILE / SSL_CERT_DIR apply) plus `ca_bundle`'s."""
+    import ssl  # only for https:// URLs: building TLS support costs start-up time
+
+    context = ssl.create_default_context()
+    if ca_bundle:
+        try:
+            context.load_verify_locations(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ConfigError(
+                f"ca_bundle: can't load CA certificates from {ca_bundle}: {reason}"
+            ) from None
+    return context
+
+
+def open_session(
+    settings: DispatchSettings,
+    *,
+    env: Mapping[str, str] | None = None,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
+) -> aiohttp.ClientSession:
+    """A session to the service: its proxy and CAs as `proxy_for` and `tls_context` say."""
+    url = settings.base_url
+    https = url.lower().startswith("https://")
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=settings.concurrency + 2,
+            ssl=tls_context(settings.ca_bundle) if https else True,
+        ),
+        proxy=proxy_for(url, settings.proxy, os.environ if env is None else env),
+        trace_configs=list(trace_configs),
+        # Our own timeout wraps each attempt; aiohttp's default 5-minute total would
+        # only blur which attempt timed out.
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
 
 
 class Dispatcher:
@@ -63,7 +172,7 @@ class Dispatcher:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.settings = settings
-        log = log if log is not None else structlog.get_logger("streamsend.dispatch")
+        log = log if log is not None else library_logger()
         self._session = session
         self._owns_session = session is None
         self._abort = Abort(log)
@@ -110,13 +219,7 @@ class Dispatcher:
         if self._session is None:
             trace = aiohttp.TraceConfig()
             trace.on_request_headers_sent.append(mark_transmitted)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.settings.concurrency + 2),
-                trace_configs=[trace],
-                # Our own timeout wraps each attempt; aiohttp's default 5-minute total would
-                # only blur which attempt timed out.
-                timeout=aiohttp.ClientTimeout(total=None),
-            )
+            self._session = open_session(self.settings, trace_configs=[trace])
             self._attempts.session = self._session
         return self
 

@@ -22,9 +22,6 @@ resent after a *maybe sent* error can reach a person twice, which costs money an
 from __future__ import annotations
 
 import asyncio
-import ssl
-
-import aiohttp
 
 
 class StreamsendError(Exception):
@@ -96,6 +93,12 @@ def map_transport_error(exc: BaseException, *, transmitted: bool, request: int |
     every transport failure is ambiguous, because the service may have queued the messages and
     lost only the answer.
     """
+    # Imported here, not at the top: every command imports this module, and `--help`, `check`
+    # and `config show` must not pay ~0.15 s of CPU for aiohttp's client and its SSL set-up.
+    import ssl
+
+    import aiohttp
+
     kind: type[SendError] = MaybeSent if transmitted else NotSent
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return kind("the request timed out", code="timeout", request=request)
@@ -113,12 +116,3 @@ def map_transport_error(exc: BaseException, *, transmitted: bool, request: int |
             f"transport error: {type(exc).__name__}", code="transport_error", request=request
         )
     raise TypeError(f"unmapped error type {type(exc).__name__}") from exc
-
-
-#: The lower-level errors `map_transport_error` handles; a test checks each maps to a SendError.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    asyncio.TimeoutError,
-    aiohttp.ClientError,
-    OSError,
-)

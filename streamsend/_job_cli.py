@@ -202,7 +202,7 @@ def worker_main(argv: Sequence[str], send: SendCommand) -> int:
             finally:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
-        report_summary(stats, log)
+        report_summary(stats, log, settings)
         return code
 
     return asyncio.run(run())

@@ -51,6 +51,9 @@ class LineBlock:
     first_line: int
     lines: list[bytes | None]  # None: longer than the limit, dropped unread
     nbytes: int  # input bytes these lines came from, for progress
+    # Lines the source itself refused (a malformed CSV record, a template field missing):
+    # line -> (code, error); such a line is b"" in `lines` and gets an `invalid` outcome.
+    errors: dict[int, tuple[str, str]] | None = None
 
 
 class LineSource(Protocol):
@@ -62,6 +65,7 @@ class LineSource(Protocol):
     - a blank line is handed on as b"" (it keeps the numbering right; it gets no outcome), a line
       over the length limit as None (never held in memory whole);
     - line content carries no line ending (LF, CRLF) and the first line no UTF-8 BOM;
+    - a line the source refused itself is b"" in `lines` with its code and error in `errors`;
     - an input that can't be read raises `InputError` (the run drains, then reports it).
     """
 

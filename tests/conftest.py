@@ -108,12 +108,14 @@ class RecordingLog:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any key or STREAMSEND_* setting of the developer's own, plus
-    `extra`: what a `streamsend` subprocess of a test runs with."""
+    """The environment without any key, STREAMSEND_* setting or proxy of the developer's own,
+    plus `extra`: what a `streamsend` subprocess of a test runs with."""
     env = {
         name: value
         for name, value in os.environ.items()
-        if name != "TRACKLY_API_KEY" and not name.startswith("STREAMSEND_")
+        if name != "TRACKLY_API_KEY"
+        and not name.startswith("STREAMSEND_")
+        and not name.lower().endswith("_proxy")
     }
     return {**env, **extra}
 

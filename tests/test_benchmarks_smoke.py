@@ -41,10 +41,11 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         trickle_linger_ms=20,
         memory_small=100,
         memory_large=1_000,
+        startup_runs=1,
         timeout_s=120,
         log=lambda line: None,
     )
-    results = run_benchmarks(plan, ["loopback", "paced", "trickle"], root / "results")
+    results = run_benchmarks(plan, ["loopback", "paced", "trickle", "startup"], root / "results")
     results["_root"] = str(root)
     return results
 
@@ -76,6 +77,24 @@ def test_paced_and_trickle_report_their_figures(tiny_results: dict[str, Any]) ->
     assert trickle["failures"] == []
     assert trickle["line_latency_ms"]["lines"] == 5
     assert 0 <= trickle["share_within_bound"] <= 1
+
+
+def test_startup_rows_measure_every_command(tiny_results: dict[str, Any]) -> None:
+    """The start-up scenario measures the interpreter floor, --help and a one-line send of
+    streamsend and of the minimal client; each send is checked and its request found."""
+    rows = tiny_results["scenarios"]["startup"]["rows"]
+    assert set(rows) == {
+        "python -c pass",
+        "streamsend --help",
+        "streamsend send",
+        "minimal_asyncio",
+    }
+    for name, row in rows.items():
+        assert row["failures"] == [], name
+        assert row["cpu_s"]["median"] > 0
+    assert rows["streamsend send"]["to_first_request_s"]["median"] > 0
+    assert rows["streamsend --help"]["to_first_request_s"] is None
+    assert "startup:" in report.format_table(tiny_results)
 
 
 def test_results_render_as_table_json_and_chart(

@@ -26,10 +26,9 @@ from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from streamsend._attempts import Backoff
+from streamsend._attempts import TRANSPORT_ERRORS, Backoff
 from streamsend._dispatch import Dispatcher, DispatchSettings
 from streamsend._exceptions import (
-    TRANSPORT_ERRORS,
     ConfigError,
     FatalServiceError,
     InputError,

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 from aiohttp import web
@@ -61,6 +61,9 @@ from streamsend.emulator._validation import (
     v1_message_error,
     v2_message_error,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 #: The documented 5 MB payload limit, read strictly as 5,000,000 bytes (not 5 MiB).
 MAX_BODY_BYTES = 5_000_000
@@ -536,7 +539,8 @@ class RunningEmulator:
         self.host = host
         self.port = port
         url_host = f"[{host}]" if ":" in host else host
-        self.base_url = f"http://{url_host}:{port}/api"
+        scheme = "https" if service.config.tls_cert is not None else "http"
+        self.base_url = f"{scheme}://{url_host}:{port}/api"
 
     @property
     def config(self) -> EmulatorConfig:
@@ -560,6 +564,21 @@ class RunningEmulator:
         return self._service.stats.snapshot()
 
 
+def _server_tls(config: EmulatorConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    import ssl  # only when serving HTTPS: building TLS support costs start-up time
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise EmulatorConfigError(
+            f"tls_cert/tls_key: can't load {config.tls_cert} with {config.tls_key}: {exc}"
+        ) from None
+    return context
+
+
 @asynccontextmanager
 async def run_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulator]:
     """Serve the emulator in the running event loop for the duration of the `async with`.
@@ -577,7 +596,7 @@ async def run_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulator]
     )
     try:
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=_server_tls(config))
         await site.start()
         port = runner.addresses[0][1]
         yield RunningEmulator(service, config.host, port)

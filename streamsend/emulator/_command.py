@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ledger", type=Path, metavar="PATH", help="append accepted messages here")
     serve.add_argument("--config", type=Path, metavar="PATH", help="a TOML file of settings")
     serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="serve HTTPS with this certificate (chain); needs --tls-key (default: plain HTTP)",
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the key of --tls-cert")
+    serve.add_argument(
         "--no-validate",
         action="store_false",
         dest="validate",
@@ -234,6 +241,8 @@ _TOP_KEYS: dict[str, _Converter] = {
     "stale_after_s": _duration,
     "ledger_path": _path,
     "validate": _boolean,
+    "tls_cert": _path,
+    "tls_key": _path,
 }
 _FAULT_KEYS: dict[str, _Converter] = {
     field.name: _number for field in fields(FaultConfig) if field.name not in ("seed", "lists")
@@ -296,6 +305,9 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
             top[name] = tuple(value) if isinstance(value, list) else value
     if args.ledger is not None:
         top["ledger_path"] = args.ledger
+    for name in ("tls_cert", "tls_key"):
+        if (path := getattr(args, name)) is not None:
+            top[name] = path
     if args.send_rate is not None:
         top["send_rate_per_min"] = args.send_rate
     if args.stale_after is not None:

@@ -92,6 +92,10 @@ class EmulatorConfig:
     stale_after_s: float = DEFAULT_STALE_AFTER_S
     ledger_path: Path | None = None
     validate: bool = True
+    # Both set: serve HTTPS with this certificate chain and key (PEM), to rehearse a TLS setup
+    # (a private CA, a proxy tunnelling with CONNECT) end to end.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
 
 
@@ -114,6 +118,8 @@ def check_config(config: EmulatorConfig) -> None:
     for number in config.v2_lists:
         if not E164.fullmatch(number):
             raise EmulatorConfigError(f"v2_lists: {number!r} is not an E.164 number")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise EmulatorConfigError("tls_cert and tls_key go together: give both to serve HTTPS")
     _check_rate("send_rate_per_min", config.send_rate_per_min)
     known = set(config.v1_lists) | set(config.v2_lists)
     for name, rate in config.list_rates_per_min.items():

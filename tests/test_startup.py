@@ -1,0 +1,117 @@
+"""Start-up: each command imports only what it uses.
+
+`streamsend --help` used to cost ~0.6 s of CPU because every command imported aiohttp's client
+(and its SSL set-up), the pipeline, prometheus and the emulator. These tests run a command in a
+fresh interpreter and check which modules it had loaded when it returned: behaviour, not timing
+(the benchmarks' `startup` scenario measures the time).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import streamsend
+from tests.conftest import API_KEY, V1_LIST, clean_env, emulator_subprocess
+
+#: Runs `streamsend._cli.main(argv)` in a fresh interpreter (as the console script does), then
+#: writes the loaded modules (top-level packages; streamsend's own in full) to the file named first.
+_PROBE = """
+import json, sys
+from streamsend._cli import main
+try:
+    code = main(sys.argv[2:])
+except SystemExit as exit:  # --help ends by raising it
+    code = exit.code or 0
+names = sorted({m if m.startswith("streamsend") else m.split(".")[0] for m in sys.modules})
+with open(sys.argv[1], "w") as out:
+    json.dump({"exit_code": int(code), "modules": names}, out)
+"""
+
+HEAVY = {"aiohttp", "prometheus_client", "streamsend.emulator", "structlog", "streamsend._pipeline"}
+
+
+def _loaded_by(tmp_path: Path, *argv: str) -> set[str]:
+    report = tmp_path / "modules.json"
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(report), *argv],
+        env=clean_env(TRACKLY_API_KEY=API_KEY),
+        capture_output=True,
+        timeout=60,
+        check=False,  # the exit code is in the report, and checked with the modules
+    )
+    assert report.exists(), done.stderr.decode()
+    result = json.loads(report.read_text())
+    assert result["exit_code"] == 0, done.stderr.decode()
+    return set(result["modules"])
+
+
+def test_importing_the_cli_loads_nothing_heavy() -> None:
+    """`import streamsend._cli` (what the console script does first) loads neither aiohttp nor
+    prometheus, structlog, the pipeline or the emulator, nor any public name of the package."""
+    code = (
+        "import json, sys, streamsend._cli\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} | "
+        "{m for m in sys.modules if m.startswith('streamsend')})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(), capture_output=True, timeout=60, check=True
+    )
+    loaded = set(json.loads(done.stdout))
+    assert "streamsend._cli" in loaded
+    assert not loaded & HEAVY, loaded & HEAVY
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["send", "--help"], ["config", "show"], ["check", "INPUT"]],
+    ids=["help", "send-help", "config-show", "check"],
+)
+def test_commands_that_send_nothing_load_no_http_client(tmp_path: Path, argv: list[str]) -> None:
+    """`--help`, `send --help`, `config show` and `check` never load aiohttp, prometheus,
+    structlog, the pipeline or the emulator."""
+    if "INPUT" in argv:
+        source = tmp_path / "in.ndjson"
+        source.write_bytes(b'{"to_msisdn": "+14155550100", "body": "hi"}\n')
+        argv = [str(source) if arg == "INPUT" else arg for arg in argv]
+    loaded = _loaded_by(tmp_path, *argv)
+    assert not loaded & HEAVY, loaded & HEAVY
+
+
+def test_send_loads_metrics_only_when_asked(tmp_path: Path) -> None:
+    """A plain `send` over http:// loads aiohttp but not prometheus or the emulator; with
+    --metrics-port it loads prometheus; with --emulator, the emulator."""
+    source = tmp_path / "in.ndjson"
+    source.write_bytes(b'{"to_msisdn": "+14155550100", "body": "hi"}\n')
+    with emulator_subprocess(tmp_path) as emulator:
+        common = ["send", str(source), "--base-url", emulator.base_url, "--from", V1_LIST]
+        plain = _loaded_by(tmp_path, *common, "--outcomes", str(tmp_path / "a.ndjson"))
+        metrics = _loaded_by(
+            tmp_path, *common, "--outcomes", str(tmp_path / "b.ndjson"), "--metrics-port", "0"
+        )
+    assert "aiohttp" in plain
+    assert "prometheus_client" not in plain
+    assert "streamsend.emulator" not in plain
+    assert "prometheus_client" in metrics
+    rehearsal = _loaded_by(
+        tmp_path, "send", str(source), "--emulator", "--outcomes", str(tmp_path / "c.ndjson")
+    )
+    assert "streamsend.emulator" in rehearsal
+
+
+def test_lazy_exports_match_the_type_checking_imports() -> None:
+    """Every public name is imported lazily from the module the `TYPE_CHECKING` block (what
+    type checkers see) names, and nothing is exported that the block doesn't import."""
+    tree = ast.parse(Path(streamsend.__file__).read_text())
+    typed: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("streamsend"):
+            assert node.module is not None
+            typed.update({alias.name: node.module for alias in node.names})
+    assert typed == streamsend._EXPORTS
+    assert sorted(typed) == streamsend.__all__
