@@ -21,9 +21,15 @@ OutcomeSink, Journal, RateLimiter), _protocol (the Trackly wire format of each A
 _models (the records), _exceptions, _config, _durable (fsync and torn lines), _segments, _stats,
 _logs, _metrics, _progress; _campaign (the campaign options, read once, and their flags);
 _cli (the command table), _usage (what every command's parser shares),
-_check and _demo (commands); _api (`Client`: the same run fed from Python). `streamsend.emulator`
-is a faithful local Trackly service; `streamsend.testing` is the public test kit (no production
-module imports it).
+_check and _demo (commands); _api (`Client`: the same run fed from Python).
+
+Scale-out (many workers on one job in Redis): _enqueue (validated lines -> a job's streams),
+_worker (takes entries, sends them through the same dispatcher), _collect (a job's outcomes and
+status), _job_cli (the enqueue, worker, collect and job commands); _redis_job (a job's keys and
+atomic scripts: leases, fencing, "request started", commit), _redis_seams (a worker's Journal and
+OutcomeSink), _redis_limiter (one GCRA rate per sending number across workers).
+`streamsend.emulator` is a faithful local Trackly service; `streamsend.testing` is the public test
+kit (no production module imports it).
 """
 
 from typing import TYPE_CHECKING

@@ -25,6 +25,7 @@ import aiohttp
 
 from streamsend._exceptions import (
     FatalServiceError,
+    LeaseLost,
     MaybeSent,
     NotSent,
     RateLimited,
@@ -179,7 +180,12 @@ class AttemptLoop:
                         # must still record the request `unsent` (see the CancelledError
                         # handler), or resume would take its lines for in flight.
                         journaled = True
-                        await recorder.sync_started()
+                        try:
+                            await recorder.sync_started()
+                        except LeaseLost:
+                            # A worker's entries went to another worker (fencing, see
+                            # _redis_seams): that one sends them; this request never leaves.
+                            return
                     self._stats.in_flight += 1
                     started = time.monotonic()
                     try:

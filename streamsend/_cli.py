@@ -274,6 +274,20 @@ def _demo_main(argv: Sequence[str]) -> int:
     return demo_main(argv)
 
 
+def _job_command(name: str) -> Callable[[Sequence[str]], int]:
+    """A scale-out command (`_job_cli`), handed `send`'s parser to borrow its flags from."""
+
+    def run(argv: Sequence[str]) -> int:
+        from streamsend import _job_cli
+
+        command: Callable[[Sequence[str], _job_cli.SendCommand], int] = getattr(
+            _job_cli, f"{name}_main"
+        )
+        return command(argv, _job_cli.SendCommand(_send_parser, _check_inputs))
+
+    return run
+
+
 #: Every command: its function (which imports what it needs when called) and its one-line help.
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "send": (send_main, "send NDJSON messages through the Trackly bulk API"),
@@ -281,6 +295,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "emulator": (_emulator_main, "run the built-in Trackly emulator"),
     "demo": (_demo_main, "send a sample campaign through the built-in emulator"),
     "config": (config_main, "show the effective configuration (config show)"),
+    "enqueue": (_job_command("enqueue"), "validate lines and add them to a job in Redis"),
+    "worker": (_job_command("worker"), "send a job's lines from Redis (run any number)"),
+    "collect": (_job_command("collect"), "write a job's outcomes (--follow: until complete)"),
+    "job": (_job_command("job"), "a job's status (job status NAME), or delete it (job purge)"),
 }
 
 

@@ -62,6 +62,7 @@ class Settings:
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int | None = None
     progress_interval: float = 5.0
+    redis: str | None = None  # the Redis of `enqueue`, `worker`, `collect`, `job`
     # Campaign input (see _formats, _csv_source, _template).
     input_format: Literal["ndjson", "csv", "tsv"] | None = None  # None: by extension / content
     to_column: str | None = None
@@ -206,6 +207,13 @@ def _url(value: object) -> str:
     return text.rstrip("/")
 
 
+def _redis_url(value: object) -> str:
+    text = _text(value).strip()
+    if not re.match(r"^(redis|rediss|unix)://", text):
+        raise ValueError(f"{text!r} is not a Redis URL (redis://HOST:PORT, rediss://, unix://PATH)")
+    return text
+
+
 _FIELDS: dict[str, Callable[[Any], Any]] = {
     "base_url": _url,
     "api_version": _choice("v1", "v2"),
@@ -231,6 +239,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "log_format": _choice("auto", "json", "console"),
     "metrics_port": _int_in(0, 65535),
     "progress_interval": _float_in(0.1, 3600, duration=True),
+    "redis": _redis_url,
     "input_format": _choice("ndjson", "csv", "tsv"),
     "to_column": _text,
     "body_column": _text,

@@ -3,6 +3,8 @@
     StreamsendError
     ├── ConfigError            bad flag, config file or environment value (exit 2)
     ├── InputError             an input file can't be opened or read (exit 2)
+    ├── LeaseLost              a worker's entries were taken over by another worker (it
+    │                          stopped renewing its lease): it must not send or commit them
     └── SendError              one request attempt went wrong; carries the request's number,
                                the HTTP status (when there was one) and a machine code
         ├── NotSent            the service certainly did not accept it: safe to retry
@@ -34,6 +36,14 @@ class ConfigError(StreamsendError):
 
 class InputError(StreamsendError):
     """An input can't be opened or read."""
+
+
+class LeaseLost(StreamsendError):
+    """Another worker of the job took over this request's entries: drop the request unsent.
+
+    Raised by `RedisJournal.sync` before the request's first byte leaves (fencing); the worker
+    that took the entries over sends them, or reports them `unknown`, itself.
+    """
 
 
 class SendError(StreamsendError):

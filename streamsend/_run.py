@@ -205,12 +205,14 @@ async def send_campaign(
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, run.pipeline.request_stop)
             try:
-                async with _observers(settings, stats, log):
+                async with observe_run(settings, stats, log):
                     result = await run.pipeline.run()
             finally:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
-        _report_summary(stats, log, settings, result, command)
+        report_summary(
+            stats, log, settings, left_over=lambda s: _left_over(s, settings, result, command)
+        )
         return result.exit_code
 
 
@@ -261,7 +263,7 @@ async def _maybe_emulator(
 
 
 @contextlib.asynccontextmanager
-async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
+async def observe_run(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
     """The metrics endpoint and the progress reporter, for the length of the run."""
     async with contextlib.AsyncExitStack() as stack:
         if settings.metrics_port is not None:
@@ -301,18 +303,19 @@ def _paced_rate(settings: Settings) -> Callable[[StatsSnapshot], float | None]:
     return paced
 
 
-def _report_summary(
+def report_summary(
     stats: RunStats,
     log: Logger,
     settings: Settings,
-    result: RunResult,
-    command: Sequence[str] | None,
+    *,
+    left_over: Callable[[StatsSnapshot], tuple[str, dict[str, object]] | None] | None = None,
 ) -> None:
-    """The summary, once: in words for a person at a terminal, else as a `summary` event."""
+    """The summary, once: in words for a person at a terminal, else as a `summary` event;
+    `left_over` adds what a run cut short left undone (text, fields)."""
     from streamsend._progress import format_summary, summary_fields
 
     snapshot = stats.snapshot()
-    left = _left_over(snapshot, settings, result, command)
+    left = left_over(snapshot) if left_over is not None else None
     human = sys.stderr.isatty() and settings.log_format != "json"
     if human:
         text = format_summary(snapshot)
