@@ -25,9 +25,10 @@ _check and _demo (commands); _api (`Client`: the same run fed from Python).
 
 Scale-out (many workers on one job in Redis): _enqueue (validated lines -> a job's streams),
 _worker (takes entries, sends them through the same dispatcher), _collect (a job's outcomes and
-status), _job_cli (the enqueue, worker, collect and job commands); _redis_job (a job's keys and
-atomic scripts: leases, fencing, "request started", commit), _redis_seams (a worker's Journal and
-OutcomeSink), _redis_limiter (one GCRA rate per sending number across workers).
+status), _job_cli (the enqueue, worker, collect and job commands), _demo_cluster (`demo
+--workers`); _redis_job (a job's keys and atomic scripts: leases, fencing, "request started",
+commit), _redis_seams (a worker's Journal and OutcomeSink), _redis_limiter (one GCRA rate per
+sending number across workers).
 `streamsend.emulator` is a faithful local Trackly service; `streamsend.testing` is the public test
 kit (no production module imports it).
 """
