@@ -171,7 +171,7 @@ class AttemptLoop:
                     return
                 attempts += 1
                 ctx = SimpleNamespace(transmitted=False)
-                async with self._lanes.request_slot(lane):
+                async with self._lanes.request_slot(lane) as epoch:
                     if not journaled:
                         recorder.started(request, messages)
                         # Journaled from here on: a cancellation during the fsync just below
@@ -191,6 +191,12 @@ class AttemptLoop:
                         self._stats.in_flight -= 1
                         latency = time.monotonic() - started
                 ctx = SimpleNamespace(transmitted=False)  # the attempt is over, one way or another
+                self._lanes.slots.observe(
+                    latency,
+                    answered=failure is None,
+                    back_pressure=_is_back_pressure(failure),
+                    epoch=epoch,
+                )
                 recorder.attempt(
                     request,
                     sender=lane.sender,
@@ -323,6 +329,13 @@ class AttemptLoop:
             hint=self._protocol.deprecation_hint
             or f"the service says API {self._protocol.version} is deprecated",
         )
+
+
+def _is_back_pressure(failure: SendError | None) -> bool:
+    """The service said it is too busy (429, 503) or didn't answer in time: fewer in flight."""
+    if failure is None:
+        return False
+    return isinstance(failure, RateLimited) or failure.status == 503 or failure.code == "timeout"
 
 
 def _answer_code(failure: SendError | None) -> str:

@@ -63,7 +63,8 @@ class Settings:
     sender: str | None = None  # --from: v1 from_phone_number_id / v2 list_number
     batch_size: int = 1000
     linger_ms: float = 250.0
-    concurrency: int = 8
+    concurrency: int | Literal["auto"] = "auto"  # auto: adapted to the service's answers
+    max_concurrency: int = 32  # the most requests in flight "auto" may reach
     rate: float | None = None  # messages per second per sender; None: unpaced
     sender_rates: Mapping[str, float] = field(default_factory=dict)
     timeout: float = 30.0
@@ -187,6 +188,15 @@ def _rate(value: object) -> float | None:
     return parse_rate(value)
 
 
+def _concurrency(value: object) -> int | Literal["auto"]:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _int_in(1, 256)(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected auto or a whole number of requests") from None
+
+
 def _sender_rates(value: object) -> dict[str, float]:
     if not isinstance(value, Mapping):
         raise ValueError("expected a table of sender = rate")
@@ -226,7 +236,8 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "sender": _text,
     "batch_size": _int_in(1, 1000),
     "linger_ms": _ms_in(0, 60_000),
-    "concurrency": _int_in(1, 256),
+    "concurrency": _concurrency,
+    "max_concurrency": _int_in(1, 256),
     "rate": _rate,
     "sender_rates": _sender_rates,
     "timeout": _float_in(0.1, 600, duration=True),

@@ -32,11 +32,15 @@ _CLEAR_LINE = "\r\x1b[K"
 
 
 def format_progress_line(s: StatsSnapshot) -> str:
-    """One line: messages done, msg/s, non-zero counts by status, input % and ETA when known."""
+    """One line: messages done, msg/s, non-zero counts by status, requests in flight of the
+    current limit (once the dispatcher runs), input % and ETA when known."""
     parts = [f"{s.outcomes:,} done", f"{s.messages_per_second:,.0f} msg/s"]
     counts = " ".join(f"{status} {n:,}" for status, n in _status_counts(s).items() if n)
     if counts:
         parts.append(counts)
+    if s.concurrency_limit:
+        # The limit adapts to the service (see `_concurrency`): a falling one says it is busy.
+        parts.append(f"{s.in_flight}/{s.concurrency_limit} in flight")
     if s.input_bytes_total:
         done = min(s.input_bytes_read / s.input_bytes_total, 1.0)
         eta = s.eta_seconds
@@ -139,10 +143,11 @@ def _terminal_columns() -> int:
 
 
 def _position_fields(s: StatsSnapshot) -> dict[str, object]:
+    fields: dict[str, object] = {"in_flight": s.in_flight, "concurrency_limit": s.concurrency_limit}
     if not s.input_bytes_total:
-        return {}
+        return fields
     eta = s.eta_seconds
-    return {
+    return fields | {
         "input_percent": round(100 * min(s.input_bytes_read / s.input_bytes_total, 1.0), 1),
         "eta_seconds": None if eta is None else round(eta, 1),
     }
