@@ -36,6 +36,7 @@ from benchmarks._inputs import message_line, write_head, write_input
 from benchmarks._process import Feeder, run_measured, wait_for_text
 from benchmarks._tools import (
     LATENCY_SOURCES,
+    UNPACED,
     Tool,
     check_run,
     remove_run_files,
@@ -486,7 +487,7 @@ def trickle(plan: Plan) -> tuple[dict[str, Any], list[RunRecord]]:
                 round_=round_,
                 messages=lines,
                 command=_streamsend_builder(
-                    "-", emulator.base_url, ["--linger-ms", str(linger_ms)]
+                    "-", emulator.base_url, [*UNPACED, "--linger-ms", str(linger_ms)]
                 ),
                 feed=_trickle_feeder(plan, log_path, written_at),
             )
@@ -588,7 +589,7 @@ def memory(plan: Plan) -> tuple[dict[str, Any], list[RunRecord]]:
                     tool=f"streamsend-{size}",
                     round_=1,
                     messages=size,
-                    command=_streamsend_builder(str(path), emulator.base_url, []),
+                    command=_streamsend_builder(str(path), emulator.base_url, UNPACED),
                 )
                 records.append(record)
                 plan.log(f"[memory] {size:>10,} lines {_describe(record)}")
@@ -619,7 +620,7 @@ def malloc_env(
     records: list[RunRecord] = []
     with EmulatorProcess(plan.data_dir / "emulator-malloc.log") as emulator:
         plan.log(f"[malloc] {messages:,} messages, env {MALLOC_ENV}")
-        build = _streamsend_builder(str(input_path), emulator.base_url, [])
+        build = _streamsend_builder(str(input_path), emulator.base_url, UNPACED)
         for round_ in range(1, plan.runs + 1):
             for variant, env in variants.items():
                 record = run_once(
@@ -777,11 +778,11 @@ CAPPED_SETTLE_S = 5.0
 
 
 def capped(plan: Plan, input_path: Path, messages: int) -> tuple[dict[str, Any], list[RunRecord]]:
-    """streamsend with its defaults (adaptive concurrency) against `--max-in-flight 4` and
+    """streamsend with its defaults (adaptive concurrency), unpaced, against `--max-in-flight 4` and
     100 ms a request, interleaved with the minimal client holding exactly 4 in flight."""
     records: list[RunRecord] = []
     tools: dict[str, Callable[[str], Callable[[Path, Path], list[str]]]] = {
-        Tool.STREAMSEND.value: lambda url: _streamsend_builder(str(input_path), url, []),
+        Tool.STREAMSEND.value: lambda url: _streamsend_builder(str(input_path), url, UNPACED),
         "minimal_asyncio_4": lambda url: _minimal_in_flight(input_path, url, CAPPED_IN_FLIGHT),
     }
     with EmulatorProcess(

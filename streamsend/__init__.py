@@ -2,7 +2,10 @@
 
 How data flows (one module per stage, bounded queues of batches between them):
 
-    _source    NDJSON files / stdin, read in large chunks, split into numbered lines
+    _source    files / stdin, read in large chunks, split into numbered lines; per input:
+      _formats     which format (NDJSON, CSV, TSV) and compression (gzip, zstd) it is in
+      _csv_source  CSV/TSV records -> NDJSON lines, each at its record's first line
+      _template    --template: each record's body rendered from its fields
     _validate  each line -> a Message (normalised, encoded for the wire) or an `invalid` Outcome
     _batcher   Messages -> Batches (one sending number, <= 1,000 messages, < 5,000,000 bytes)
     _dispatch  Batches -> HTTP requests (aiohttp), in three parts:
@@ -17,10 +20,17 @@ How data flows (one module per stage, bounded queues of batches between them):
 Around them: _types (the shared aliases, `ExitCode`, and the four seams as Protocols: LineSource,
 OutcomeSink, Journal, RateLimiter), _protocol (the Trackly wire format of each API version),
 _models (the records), _exceptions, _config, _durable (fsync and torn lines), _segments, _stats,
-_logs, _metrics, _progress; _cli (the command table), _usage (what every command's parser shares),
-_check and _demo (commands); _api (`Client`: the same run fed from Python). `streamsend.emulator`
-is a faithful local Trackly service; `streamsend.testing` is the public test kit (no production
-module imports it).
+_logs, _metrics, _progress; _campaign (the campaign options, read once, and their flags);
+_cli (the command table), _usage (what every command's parser shares),
+_check and _demo (commands); _api (`Client`: the same run fed from Python).
+
+Scale-out (many workers on one job in Redis): _enqueue (validated lines -> a job's streams),
+_worker (takes entries, sends them through the same dispatcher), _collect (a job's outcomes and
+status), _job_cli (the enqueue, worker, collect and job commands); _redis_job (a job's keys and
+atomic scripts: leases, fencing, "request started", commit), _redis_seams (a worker's Journal and
+OutcomeSink), _redis_limiter (one GCRA rate per sending number across workers).
+`streamsend.emulator` is a faithful local Trackly service; `streamsend.testing` is the public test
+kit (no production module imports it).
 """
 
 from typing import TYPE_CHECKING

@@ -1,6 +1,7 @@
 """The library API: the same run as `streamsend send`, fed from Python.
 
-    async with Client(Settings(sender="pn_abc123def456"), api_key=key) as client:
+    settings = Settings(base_url="https://app.tracklysms.com/api", sender="pn_abc123def456")
+    async with Client(settings, api_key=key) as client:
         await client.send({"to_msisdn": "+14155551234", "body": "Hi!", "ref": "c-1"})
         ...
     for outcome in client.results:   # or `async for outcome in client.outcomes()` meanwhile
@@ -11,18 +12,26 @@ Outcome, as lines of a file do. `send()` waits when the pipeline is behind (back
 producer can't outrun the service by buffering without bound. The run is assembled by
 `open_run()`, as the command line's is: with `outcomes` set to a file in the settings, a journal
 is kept beside it as well.
+
+`Settings.base_url` defaults to the production API; point it at `streamsend emulator` (or use
+`streamsend.testing.run_emulator`) to rehearse. The key is checked as the command line checks it:
+a placeholder such as "trk_..." raises ConfigError at once. The client behaves as a library:
+it configures no logging and writes nothing to stdout or stderr; its events are records of the
+standard logger "streamsend" (or the `logger` given), silent unless the caller enables them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 
 import orjson
 
-from streamsend._config import Settings
+from streamsend._config import Settings, check_api_key
+from streamsend._logs import library_logger
 from streamsend._models import Outcome
 from streamsend._outcomes import MemorySink
 from streamsend._pipeline import Pipeline, RunResult
@@ -37,11 +46,18 @@ class Client:
     """Send messages from Python through the full pipeline (see the module docstring)."""
 
     def __init__(
-        self, settings: Settings, *, api_key: str, source_name: str = _SOURCE, max_pending: int = 64
+        self,
+        settings: Settings,
+        *,
+        api_key: str,
+        source_name: str = _SOURCE,
+        max_pending: int = 64,
+        logger: logging.Logger | None = None,
     ) -> None:
         self.settings = settings
         self.stats = RunStats()
-        self._api_key = api_key
+        self._api_key = check_api_key(api_key, "Client(api_key=...)")
+        self._log = library_logger(logger)
         self._blocks: asyncio.Queue[LineBlock | None] = asyncio.Queue(maxsize=max_pending)
         self._sink = MemorySink()
         self._source_name = source_name
@@ -60,6 +76,7 @@ class Client:
                 source=self._read_blocks(),
                 sink=self._sink,
                 stats=self.stats,
+                log=self._log,
             )
         )
         self._pipeline = run.pipeline

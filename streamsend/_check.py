@@ -28,9 +28,20 @@ from typing import BinaryIO, get_args
 
 import orjson
 
+from streamsend._campaign import add_input_arguments
+from streamsend._csv_source import CsvColumns
 from streamsend._exceptions import ConfigError, InputError, StreamsendError
+from streamsend._formats import InputFormat, precheck_inputs
 from streamsend._models import Encoding, Message
+from streamsend._pacing import (
+    DEFAULT_RATE,
+    DEFAULT_RATE_PER_MIN,
+    UNLIMITED,
+    format_rate,
+    parse_rate,
+)
 from streamsend._source import DEFAULT_MAX_LINE_BYTES, read_inputs
+from streamsend._template import load_template
 from streamsend._types import ApiVersion, ExitCode
 from streamsend._usage import OneLineParser
 from streamsend._validate import Validator, sender_problem
@@ -42,6 +53,8 @@ V1_PLACEHOLDER_SENDER = "pn_check"
 
 #: How many of the numbers that would get several messages the summary names.
 _EXAMPLE_DUPLICATES = 5
+#: How many rendered bodies (with a template) the summary shows.
+_SAMPLES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +71,11 @@ class CheckSummary:
     duplicate_examples: tuple[str, ...] = ()  # a few of those numbers, most messages first
     sender_checked: bool = True  # False when v1 ran without --from (see V1_PLACEHOLDER_SENDER)
     inputs: tuple[str, ...] = field(default=())
+    # The most valid messages any one sending number has: pacing is per sending number, so
+    # this one sets how long the campaign takes.
+    busiest_sender_messages: int = 0
+    segment_spread: dict[int, int] = field(default_factory=dict)  # segments -> messages
+    samples: tuple[str, ...] = ()  # the first few rendered bodies (with a template)
 
     @property
     def invalid(self) -> int:
@@ -67,6 +85,12 @@ class CheckSummary:
     def lines(self) -> int:
         return self.valid + self.invalid
 
+    def duration_at(self, rate_per_s: float | None) -> float | None:
+        """Seconds the campaign takes paced at `rate_per_s` per sending number (None: unpaced)."""
+        if rate_per_s is None:
+            return None
+        return self.busiest_sender_messages / rate_per_s
+
     def estimated_cost(self, price_per_segment: Decimal | int | str) -> Decimal:
         """The cost of sending the valid messages at `price_per_segment` per segment.
 
@@ -74,7 +98,9 @@ class CheckSummary:
         """
         return Decimal(price_per_segment) * self.segments
 
-    def to_dict(self, price_per_segment: Decimal | None = None) -> dict[str, object]:
+    def to_dict(
+        self, price_per_segment: Decimal | None = None, rate_per_s: float | None = None
+    ) -> dict[str, object]:
         """The summary as JSON-ready fields (what `--summary-json` writes)."""
         record: dict[str, object] = {
             "lines": self.lines,
@@ -87,6 +113,10 @@ class CheckSummary:
             "duplicate_messages": self.duplicate_messages,
             "duplicate_examples": list(self.duplicate_examples),
             "sender_checked": self.sender_checked,
+            "rate": format_rate(rate_per_s),
+            "estimated_seconds": self.duration_at(rate_per_s),
+            "segment_spread": {str(k): v for k, v in sorted(self.segment_spread.items())},
+            "samples": list(self.samples),
         }
         if price_per_segment is not None:
             # A string keeps every digit; a JSON float would round 0.1 + 0.2 the float way.
@@ -102,6 +132,8 @@ async def check_inputs(
     default_sender: str | None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     out: BinaryIO,
+    input_format: InputFormat | None = None,
+    columns: CsvColumns | None = None,
 ) -> CheckSummary:
     """Validate every line of `inputs`, write one NDJSON record per non-blank line to `out`.
 
@@ -117,24 +149,38 @@ async def check_inputs(
     invalid_by_code: dict[str, int] = {}
     seen: set[str] = set()
     extra: dict[str, int] = {}  # number -> messages beyond its first
+    by_sender: dict[str, int] = {}
     too_long = f"the line is longer than {max_line_bytes} bytes"
     dumps = orjson.dumps
 
-    async for block in read_inputs(inputs, max_line_bytes=max_line_bytes):
+    spread: dict[int, int] = {}
+    samples: list[str] = []
+    want_samples = columns is not None and columns.template is not None
+    blocks = read_inputs(
+        inputs, max_line_bytes=max_line_bytes, input_format=input_format, columns=columns
+    )
+    async for block in blocks:
         records: list[bytes] = []
         source = block.source
+        refused = block.errors or {}
         for number, raw in enumerate(block.lines, block.first_line):
             if raw is None:
                 code, error, ref_json = "line_too_long", too_long, b""
             elif not raw or raw.isspace():
-                continue
+                if number not in refused:
+                    continue
+                (code, error), ref_json = refused[number], b""
             else:
                 result = validator.validate(source, number, raw)
                 if isinstance(result, Message):
                     valid += 1
                     segments += result.segments
+                    spread[result.segments] = spread.get(result.segments, 0) + 1
+                    if want_samples and len(samples) < _SAMPLES:
+                        samples.append(orjson.loads(raw)["body"])
                     if result.encoding is Encoding.GSM7:
                         gsm7 += 1
+                    by_sender[result.sender] = by_sender.get(result.sender, 0) + 1
                     to = result.to
                     if to in seen:
                         extra[to] = extra.get(to, 0) + 1
@@ -185,10 +231,17 @@ async def check_inputs(
         duplicate_examples=tuple(number for number, _ in examples),
         sender_checked=sender_checked,
         inputs=tuple(inputs),
+        busiest_sender_messages=max(by_sender.values(), default=0),
+        segment_spread=spread,
+        samples=tuple(samples),
     )
 
 
-def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | None = None) -> str:
+def format_check_summary(
+    summary: CheckSummary,
+    price_per_segment: Decimal | None = None,
+    rate_per_s: float | None = DEFAULT_RATE_PER_MIN / 60,
+) -> str:
     """The human summary `streamsend check` prints on stderr (no trailing newline)."""
     lines = [
         f"checked {summary.lines:,} lines: {summary.valid:,} valid, {summary.invalid:,} invalid"
@@ -200,6 +253,14 @@ def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | Non
         f"  segments: {summary.segments:,} "
         f"(gsm7 {_count(summary.gsm7, 'message')}, ucs2 {_count(summary.ucs2, 'message')})"
     )
+    if summary.segment_spread:
+        lines.append(
+            "  segments per message: "
+            + " · ".join(
+                f"{n} × {_count(count, 'message')}"
+                for n, count in sorted(summary.segment_spread.items())
+            )
+        )
     if summary.duplicate_recipients:
         lines.append(
             f"  duplicate recipients: {_count(summary.duplicate_recipients, 'number')} would get "
@@ -212,9 +273,30 @@ def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | Non
         lines.append(
             f"  estimated cost: {summary.segments:,} segments at {price_per_segment} = {cost}"
         )
+    seconds = summary.duration_at(rate_per_s)
+    if seconds is None:
+        lines.append(
+            f"  rate unlimited: not paced; the service drains {DEFAULT_RATE} per sending list "
+            "and drops what waits in its queue over 30 min"
+        )
+    else:
+        lines.append(
+            f"  duration at {format_rate(rate_per_s)} per sending number: about "
+            f"{_duration(seconds)} ({_count(summary.busiest_sender_messages, 'message')} "
+            "from the busiest)"
+        )
+    lines.extend(f"  sample: {sample!r}" for sample in summary.samples)
     if not summary.sender_checked:
         lines.append("  note: no --from given, so the sending number was not checked")
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else "under a second"
+    minutes = round(seconds / 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
 def _count(n: int, noun: str) -> str:
@@ -227,7 +309,8 @@ Validate a campaign without sending anything. Each non-blank line is checked exa
   {"line", "source", "status": "valid"|"invalid", "code" and "error" (invalid),
    "to_msisdn" (normalised, valid), "segments", "encoding": "gsm7"|"ucs2" (valid), "ref"}
 A summary goes to stderr: invalid lines by code, total segments, GSM-7 vs UCS-2 messages,
-recipients who would get more than one message, and the cost with --price-per-segment.
+recipients who would get more than one message, how long sending takes at --rate, and the
+cost with --price-per-segment.
 
 Sending number: with --from, it is checked as send would check it. Without it, v1 lines are
 checked for everything but the sender (any from_phone_number_id is well-formed, and only the
@@ -259,6 +342,15 @@ def _price(text: str) -> Decimal:
     return value
 
 
+def _rate(text: str) -> float | None:
+    if text == UNLIMITED:
+        return None
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="streamsend check",
@@ -270,8 +362,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=["-"],
         metavar="INPUT",
-        help="NDJSON files to check; '-' or none reads stdin",
+        help="NDJSON, CSV or TSV files (gzip/zstd too) to check; '-' or none reads stdin",
     )
+    add_input_arguments(parser)
     parser.add_argument(
         "--api-version",
         choices=get_args(ApiVersion),
@@ -296,6 +389,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_price,
         metavar="PRICE",
         help="price of one SMS segment, to estimate the campaign's cost (e.g. 0.0075)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_rate,
+        default=DEFAULT_RATE_PER_MIN / 60,
+        metavar="RATE",
+        help=f"the send rate per sending number, as for send (default {DEFAULT_RATE}; "
+        "unlimited): how long the campaign takes",
     )
     parser.add_argument(
         "--output",
@@ -346,6 +447,19 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
             raise InputError(f"can't open input {path!r}: no such file")
         if os.path.isdir(path) or not os.access(path, os.R_OK):
             raise InputError(f"can't open input {path!r}: not a readable file")
+    precheck_inputs(args.inputs, args.input_format)
+    try:
+        template = load_template(args.template, args.template_file)
+    except ValueError as exc:
+        flag = "--template-file" if args.template_file else "--template"
+        raise ConfigError(f"{flag}: {exc}") from None
+    columns = CsvColumns(
+        api_version=args.api_version,
+        to_column=args.to_column,
+        body_column=args.body_column,
+        ref_column=args.ref_column,
+        template=template,
+    )
     with ExitStack() as stack:
         out = (
             sys.stdout.buffer
@@ -364,12 +478,15 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
                 default_sender=args.sender,
                 max_line_bytes=args.max_line_bytes,
                 out=out,
+                input_format=args.input_format,
+                columns=columns,
             )
         )
         out.flush()
-        print(format_check_summary(summary, args.price_per_segment), file=sys.stderr)
+        print(format_check_summary(summary, args.price_per_segment, args.rate), file=sys.stderr)
         if summary_file is not None:
-            summary_file.write(orjson.dumps(summary.to_dict(args.price_per_segment)) + b"\n")
+            record = summary.to_dict(args.price_per_segment, args.rate)
+            summary_file.write(orjson.dumps(record) + b"\n")
     return summary
 
 

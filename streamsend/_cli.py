@@ -20,8 +20,10 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
+from streamsend._campaign import INPUT_SETTINGS, Campaign, add_input_arguments
 from streamsend._config import API_KEY_ENV, load_api_key, load_settings
 from streamsend._exceptions import ConfigError, InputError
+from streamsend._formats import precheck_inputs
 from streamsend._types import ExitCode
 from streamsend._usage import OneLineParser
 from streamsend._validate import sender_problem
@@ -47,12 +49,15 @@ error (e.g. a full disk: rerun with --resume); 130 stopped by a signal.
 def _send_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="streamsend send",
-        description='Stream NDJSON lines ({"to_msisdn": ..., "body": ..., "ref": ...}) '
-        "from files or stdin to the Trackly bulk API, writing one outcome per line.",
+        description='Stream NDJSON lines ({"to_msisdn": ..., "body": ..., "ref": ...}), '
+        "or CSV/TSV records (gzip and zstd too), from files or stdin to the Trackly bulk API, "
+        "writing one outcome per line.",
         epilog=_SEND_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="NDJSON files; - is stdin (default)")
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="NDJSON, CSV or TSV files; - is stdin (default)"
+    )
     p.add_argument("--config", metavar="TOML", help="a config file (see configs/)")
     p.add_argument(
         "--emulator",
@@ -108,8 +113,8 @@ def _send_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rate",
-        help="messages per sending number, e.g. 17000/min or 300/s "
-        "(default unlimited; the service's default send rate is 17000/min)",
+        help="messages per sending number, with a unit: 17000/min (the default: the "
+        "service's own send rate per sending list), 300/s; `unlimited` opts out of pacing",
     )
     p.add_argument("--timeout", help="seconds per request attempt (default 30)")
     p.add_argument(
@@ -138,6 +143,7 @@ def _send_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics and /healthz on 127.0.0.1:PORT"
     )
+    add_input_arguments(p)
     p.add_argument(
         "--proxy",
         metavar="URL",
@@ -174,6 +180,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "log_level",
         "log_format",
         "metrics_port",
+        *INPUT_SETTINGS,
         "proxy",
         "ca_bundle",
     )
@@ -193,6 +200,8 @@ def send_main(argv: Sequence[str]) -> int:
         # make two lines one.
         raise ConfigError(f"input named more than once: {', '.join(duplicated)}")
     _check_inputs(inputs)
+    precheck_inputs(inputs, settings.input_format)
+    Campaign.load(settings)  # a bad template is a usage error before anything starts
     if settings.sender is not None:
         problem = sender_problem(settings.api_version, settings.sender)
         if problem:
@@ -213,6 +222,7 @@ def send_main(argv: Sequence[str]) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             emulator=args.emulator,
+            command=argv,
         )
     )
 
@@ -272,6 +282,20 @@ def _demo_main(argv: Sequence[str]) -> int:
     return demo_main(argv)
 
 
+def _job_command(name: str) -> Callable[[Sequence[str]], int]:
+    """A scale-out command (`_job_cli`), handed `send`'s parser to borrow its flags from."""
+
+    def run(argv: Sequence[str]) -> int:
+        from streamsend import _job_cli
+
+        command: Callable[[Sequence[str], _job_cli.SendCommand], int] = getattr(
+            _job_cli, f"{name}_main"
+        )
+        return command(argv, _job_cli.SendCommand(_send_parser, _check_inputs))
+
+    return run
+
+
 #: Every command: its function (which imports what it needs when called) and its one-line help.
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "send": (send_main, "send NDJSON messages through the Trackly bulk API"),
@@ -279,6 +303,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "emulator": (_emulator_main, "run the built-in Trackly emulator"),
     "demo": (_demo_main, "send a sample campaign through the built-in emulator"),
     "config": (config_main, "show the effective configuration (config show)"),
+    "enqueue": (_job_command("enqueue"), "validate lines and add them to a job in Redis"),
+    "worker": (_job_command("worker"), "send a job's lines from Redis (run any number)"),
+    "collect": (_job_command("collect"), "write a job's outcomes (--follow: until complete)"),
+    "job": (_job_command("job"), "a job's status (job status NAME), or delete it (job purge)"),
 }
 
 

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
-import structlog
 
 from streamsend._attempts import Abort, AttemptLoop, Backoff, mark_transmitted
 from streamsend._concurrency import DEFAULT_MAX_CONCURRENCY, ConcurrencyLimit
 from streamsend._exceptions import ConfigError, FatalServiceError
 from streamsend._lanes import Lane, Lanes
+from streamsend._logs import library_logger
 from streamsend._models import Batch
 from streamsend._protocol import protocol_for
 from streamsend._recorder import Recorder
@@ -180,7 +180,7 @@ class Dispatcher:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.settings = settings
-        log = log if log is not None else structlog.get_logger("streamsend.dispatch")
+        log = log if log is not None else library_logger()
         self._session = session
         self._owns_session = session is None
         self._abort = Abort(log)

@@ -18,6 +18,11 @@ Promises:
 
 `redact()` is the same redaction as a plain function, for error messages that leave the tool by
 another road (outcome records, exit messages).
+
+`configure_logging()` is for the command line only: it takes over the process's logging. The
+library (`Client`, `open_run`, a `Pipeline` built without a logger) logs through
+`library_logger()` instead: the standard `logging` module, logger "streamsend" (or one the
+caller passes), silent unless the caller's logging set-up lets its records through.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ LEVELS: Mapping[str, int] = {
 _MAX_DEPTH = 12
 
 _CLEAR_LINE = "\r\x1b[K"
+
+# The convention for libraries: records of "streamsend" reach no handler unless the application
+# configures one (without it, Python's last-resort handler would print warnings to stderr).
+logging.getLogger("streamsend").addHandler(logging.NullHandler())
 
 _ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], object]
 
@@ -175,6 +184,8 @@ def configure_logging(
         renderer = console_renderer(colors=is_terminal)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps_json)
+        if is_terminal:
+            renderer = _on_fresh_line(renderer)
     processors = [*logging_processors(secrets=secrets), renderer]
     structlog.configure(
         processors=processors,
@@ -236,6 +247,42 @@ def _add_record_name(logger: WrappedLogger, method_name: str, event_dict: EventD
     return event_dict
 
 
+def library_logger(target: logging.Logger | None = None) -> FilteringBoundLogger:
+    """A structlog logger whose events become records of the standard logger `target`
+    ("streamsend" when None), with keys redacted; for streamsend used as a library.
+
+    Nothing is configured globally and nothing goes to stdout: with no logging set up by the
+    caller, the NullHandler on "streamsend" keeps even warnings quiet. Whether an event is
+    wanted is asked of `target` at each call, so a later `logging.basicConfig()` or
+    `setLevel()` takes effect at once.
+    """
+    target = target if target is not None else logging.getLogger("streamsend")
+
+    def enabled(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        if not target.isEnabledFor(LEVELS.get(method_name, logging.INFO)):
+            raise structlog.DropEvent
+        return event_dict
+
+    logger: FilteringBoundLogger = structlog.wrap_logger(
+        target,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
+        processors=[
+            enabled,
+            structlog.processors.format_exc_info,
+            SecretRedactor(),
+            _render_for_stdlib,
+        ],
+        context_class=dict,
+    )
+    return logger
+
+
+def _render_for_stdlib(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+    # "event key=value ...": the caller's formatter adds time, level and logger name.
+    event = event_dict.pop("event", "")
+    return " ".join([str(event), *(f"{key}={value!r}" for key, value in event_dict.items())])
+
+
 def get_logger(name: str | None = None) -> FilteringBoundLogger:
     """A logger; `name` (usually the module's) is added to its events as `logger_name`.
 
@@ -265,6 +312,16 @@ class _TerminalConsoleRenderer(structlog.dev.ConsoleRenderer):
         return _CLEAR_LINE + super().__call__(logger, name, event_dict)
 
 
+def _on_fresh_line(renderer: Processor) -> Processor:
+    """`renderer`, erasing the terminal's current line first (see _TerminalConsoleRenderer):
+    JSON lines on a terminal would otherwise be glued onto the live progress line."""
+
+    def render(logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        return _CLEAR_LINE + str(renderer(logger, name, event_dict))
+
+    return render
+
+
 def _dumps_json(obj: object, **kwargs: object) -> str:
     default = kwargs.get("default")
     try:
@@ -286,6 +343,7 @@ __all__ = [
     "SecretRedactor",
     "configure_logging",
     "get_logger",
+    "library_logger",
     "logging_processors",
     "redact",
     "reset_logging",

@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from streamsend._attempts import Backoff
 from streamsend._batcher import Batcher
+from streamsend._campaign import source_refusals
 from streamsend._config import Settings
 from streamsend._dispatch import Dispatcher, DispatchSettings
 from streamsend._journal import Decision, ResumeState
+from streamsend._logs import library_logger
 from streamsend._models import Batch, Message, Outcome, Status
 from streamsend._pacing import LocalRateLimiter
 from streamsend._stats import RunStats
@@ -69,7 +69,7 @@ class Pipeline:
         self._sink = sink
         self._journal = journal
         self._resume = resume
-        self._log = log if log is not None else structlog.get_logger("streamsend")
+        self._log = log if log is not None else library_logger()
         self._validator = Validator(
             api_version=settings.api_version,
             default_sender=settings.sender,
@@ -89,7 +89,7 @@ class Pipeline:
                 base_url=settings.base_url,
                 api_version=settings.api_version,
                 api_key=api_key,
-                concurrency=None if settings.concurrency == "auto" else settings.concurrency,
+                concurrency=settings.fixed_concurrency,
                 max_concurrency=settings.max_concurrency,
                 timeout=settings.timeout,
                 retries=settings.retries,
@@ -227,6 +227,8 @@ class Pipeline:
             self._validator.validate_lines(
                 block.source, block.first_line, block.lines, messages, others
             )
+            if block.errors:
+                others.extend(source_refusals(block))
         else:
             self._take_resumed_lines(block, messages, others)
         stats = self.stats
@@ -271,6 +273,8 @@ class Pipeline:
                 continue  # an earlier run's outcome stands
             if decision is Decision.SEND:
                 validator.validate_lines(source, line, [raw], messages, others)
+                if block.errors and line in block.errors:
+                    others.extend(source_refusals(block, (line,)))
                 continue
             # MARK_UNKNOWN: it was in flight when the earlier run stopped.
             kept: list[Message] = []

@@ -1,9 +1,13 @@
 """Progress while a run goes on, and the summary at its end.
 
-On a terminal, one live line on stderr, redrawn in place twice a second: messages done, rate,
-counts by status, and how far through the input it is with an ETA when the input size is known.
-Anywhere else (a pipe, a log collector), a structured `progress` event every few seconds instead,
-since a line rewritten with carriage returns is noise in a log file.
+On a terminal, one live line on stderr, redrawn in place twice a second: lines done, rate,
+counts by status, and the share of lines done with an ETA when the input size is known. Anywhere
+else (a pipe, a log collector), a structured `progress` event every few seconds instead, since a
+line rewritten with carriage returns is noise in a log file.
+
+"Done" means a line has its final outcome, never that it was read: a paced run reads up to
+tens of thousands of lines ahead of what it has sent, and an ETA from reading claimed 85% and
+"ETA 0.9s" when 100 s remained. `ProgressEstimator` holds the rules.
 
 Promises:
 - Every number comes from one `StatsSnapshot`; nothing here counts anything itself, so the
@@ -16,8 +20,10 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TextIO
 
 from structlog.typing import FilteringBoundLogger
@@ -31,20 +37,90 @@ LIVE_INTERVAL = 0.5
 _CLEAR_LINE = "\r\x1b[K"
 
 
-def format_progress_line(s: StatsSnapshot) -> str:
-    """One line: messages done, msg/s, non-zero counts by status, requests in flight of the
-    current limit (once the dispatcher runs), input % and ETA when known."""
-    parts = [f"{s.outcomes:,} done", f"{s.messages_per_second:,.0f} msg/s"]
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Where a run stands, counted in lines with a final outcome."""
+
+    done: int
+    total: (
+        int | None
+    )  # lines to finish: exact once the input is read, projected before; None: stdin
+    rate: float  # outcomes per second, smoothed
+    eta_seconds: float | None
+
+    @property
+    def fraction(self) -> float | None:
+        return None if not self.total else min(self.done / self.total, 1.0)
+
+
+class ProgressEstimator:
+    """Successive snapshots → an `Estimate`:
+
+    - done: lines with a final outcome. total: the lines read, once the input is read whole;
+      before that, the lines read so far projected over the input's size (bytes). Unknown size
+      (stdin, a pipe): no total, so no percentage and no ETA.
+    - rate: outcomes per second, an exponentially weighted average over about `smoothing`
+      seconds, so one slow second or one burst of answers doesn't swing the ETA.
+    - ETA: remaining / rate; when the run is paced, never less than remaining / the paced rate
+      (`paced_rate(snapshot)`, messages per second over all senders), which caps what any burst
+      of fast answers can promise.
+    """
+
+    def __init__(
+        self,
+        *,
+        paced_rate: Callable[[StatsSnapshot], float | None] | None = None,
+        smoothing: float = 10.0,
+    ) -> None:
+        self._paced_rate = paced_rate
+        self._smoothing = smoothing
+        self._last = (0.0, 0)  # (elapsed, done) at the last update; the run starts at (0, 0)
+        self._rate = 0.0  # the exponentially weighted average, biased towards the initial 0
+
+    def update(self, s: StatsSnapshot) -> Estimate:
+        done = s.outcomes
+        if (dt := s.elapsed - self._last[0]) > 0:
+            instant = (done - self._last[1]) / dt
+            self._rate += (1 - math.exp(-dt / self._smoothing)) * (instant - self._rate)
+            self._last = (s.elapsed, done)
+        # Divided by the weight the history so far carries: early in a run the average is then
+        # of the seconds there have been, rather than dragged towards a zero no one measured.
+        weight = 1 - math.exp(-self._last[0] / self._smoothing)
+        rate = self._rate / weight if weight > 0 else 0.0
+        total = _total_lines(s)
+        eta = None
+        if total is not None:
+            remaining = max(total - done, 0)
+            paced = self._paced_rate(s) if self._paced_rate is not None else None
+            waits = [remaining / r for r in (rate, paced) if r]
+            eta = 0.0 if remaining == 0 else (max(waits) if waits else None)
+        return Estimate(done, total, rate, eta)
+
+
+def _total_lines(s: StatsSnapshot) -> int | None:
+    if not s.input_bytes_total:
+        return None
+    if s.input_bytes_read >= s.input_bytes_total:
+        return s.lines_read
+    if not s.input_bytes_read:
+        return None
+    return max(round(s.lines_read * s.input_bytes_total / s.input_bytes_read), s.lines_read)
+
+
+def format_progress_line(s: StatsSnapshot, estimate: Estimate | None = None) -> str:
+    """One line: lines done, msg/s, non-zero counts by status, requests in flight of the current
+    limit (once the dispatcher runs), % done and ETA when known."""
+    e = estimate if estimate is not None else ProgressEstimator().update(s)
+    parts = [f"{s.outcomes:,} done", f"{e.rate:,.0f} msg/s"]
     counts = " ".join(f"{status} {n:,}" for status, n in _status_counts(s).items() if n)
     if counts:
         parts.append(counts)
     if s.concurrency_limit:
         # The limit adapts to the service (see `_concurrency`): a falling one says it is busy.
         parts.append(f"{s.in_flight}/{s.concurrency_limit} in flight")
-    if s.input_bytes_total:
-        done = min(s.input_bytes_read / s.input_bytes_total, 1.0)
-        eta = s.eta_seconds
-        parts.append(f"{done:.0%}" + ("" if eta is None else f" ETA {_duration(eta)}"))
+    if e.fraction is not None:
+        eta = e.eta_seconds
+        parts.append(f"{e.fraction:.0%}" + ("" if eta is None else f" ETA {_duration(eta)}"))
     return " | ".join(parts)
 
 
@@ -83,6 +159,8 @@ def format_summary(s: StatsSnapshot) -> str:
         for sender, per_sender in sorted(s.by_sender.items()):
             shown = " · ".join(f"{status} {n:,}" for status, n in sorted(per_sender.items()) if n)
             lines.append(f"  {sender}: {shown}")
+    if s.deprecation:
+        lines.append(f"  note: {s.deprecation}")
     if counts.get(Status.UNKNOWN.value):
         # The one status that needs a person: resending blindly can text someone twice.
         lines.append(
@@ -99,30 +177,37 @@ async def report_progress(
     live: bool,
     stream: TextIO,
     log: FilteringBoundLogger,
+    estimator: ProgressEstimator | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     columns: Callable[[], int] | None = None,
 ) -> None:
     """Report progress until cancelled.
 
     `live`: redraw one line on `stream` every LIVE_INTERVAL seconds (use when stderr is a
-    terminal). Otherwise: a `progress` event on `log` every `interval` seconds. `sleep` and
-    `columns` (the terminal width) are injectable for tests.
+    terminal). Otherwise: a `progress` event on `log` every `interval` seconds. `estimator`
+    (default: unpaced) turns snapshots into done/total/ETA; `sleep` and `columns` (the
+    terminal width) are injectable for tests.
     """
+    estimator = estimator if estimator is not None else ProgressEstimator()
     if not live:
         while True:
             await sleep(interval)
             s = stats.snapshot()
-            log.info("progress", **summary_fields(s), **_position_fields(s))
+            log.info("progress", **summary_fields(s), **_position_fields(s, estimator.update(s)))
+
+    def line() -> str:
+        s = stats.snapshot()
+        return format_progress_line(s, estimator.update(s))
 
     width = columns if columns is not None else _terminal_columns
     drawn = False
     try:
         while True:
-            drawn = _draw(stream, format_progress_line(stats.snapshot()), width()) or drawn
+            drawn = _draw(stream, line(), width()) or drawn
             await sleep(LIVE_INTERVAL)
     finally:
         if drawn:
-            _draw(stream, format_progress_line(stats.snapshot()), width(), end="\n")
+            _draw(stream, line(), width(), end="\n")
 
 
 def _draw(stream: TextIO, line: str, columns: int, end: str = "") -> bool:
@@ -142,15 +227,17 @@ def _terminal_columns() -> int:
     return shutil.get_terminal_size(fallback=(80, 24)).columns
 
 
-def _position_fields(s: StatsSnapshot) -> dict[str, object]:
-    fields: dict[str, object] = {"in_flight": s.in_flight, "concurrency_limit": s.concurrency_limit}
-    if not s.input_bytes_total:
-        return fields
-    eta = s.eta_seconds
-    return fields | {
-        "input_percent": round(100 * min(s.input_bytes_read / s.input_bytes_total, 1.0), 1),
-        "eta_seconds": None if eta is None else round(eta, 1),
+def _position_fields(s: StatsSnapshot, e: Estimate) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "outcomes_per_second": round(e.rate, 1),
+        "in_flight": s.in_flight,
+        "concurrency_limit": s.concurrency_limit,
     }
+    if e.fraction is not None:
+        fields["total_lines"] = e.total
+        fields["percent_done"] = round(100 * e.fraction, 1)
+        fields["eta_seconds"] = None if e.eta_seconds is None else round(e.eta_seconds, 1)
+    return fields
 
 
 def _status_counts(s: StatsSnapshot) -> dict[str, int]:
@@ -171,6 +258,8 @@ def _duration(seconds: float) -> str:
 
 __all__ = [
     "LIVE_INTERVAL",
+    "Estimate",
+    "ProgressEstimator",
     "format_progress_line",
     "format_summary",
     "report_progress",

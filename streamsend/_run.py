@@ -15,17 +15,32 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
+from streamsend._campaign import Campaign
 from streamsend._config import Settings
 from streamsend._exceptions import ConfigError
 from streamsend._journal import FileJournal, ResumeState
 from streamsend._outcomes import FileSink
-from streamsend._pipeline import Pipeline
+from streamsend._pacing import (
+    DEFAULT_RATE,
+    DEFAULT_RATE_PER_MIN,
+    SERVICE_STALE_AFTER_S,
+    format_rate,
+)
+from streamsend._pipeline import Pipeline, RunResult
 from streamsend._source import read_inputs, total_input_bytes
-from streamsend._stats import RunStats
+from streamsend._stats import RunStats, StatsSnapshot
 from streamsend._types import ExitCode, LineSource, Logger, OutcomeSink, RateLimiter
+
+#: What `--rate unlimited` risks, said at the start of such a run.
+UNPACED_HINT = (
+    f"--rate unlimited: the service sends {DEFAULT_RATE} per sending list (its default) and "
+    f"drops what waits in its queue over {SERVICE_STALE_AFTER_S // 60} min, so it holds about "
+    f"{DEFAULT_RATE_PER_MIN * SERVICE_STALE_AFTER_S // 60:,} messages per list; past that, "
+    "messages are lost while the outcomes say queued"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,20 +157,35 @@ async def send_campaign(
     resume: bool = False,
     overwrite: bool = False,
     emulator: bool = False,
+    emulator_send_rate_per_min: float | None = None,
+    command: Sequence[str] | None = None,
+    stats: RunStats | None = None,
 ) -> ExitCode:
     """A command-line run: `open_run` plus the emulator (when asked), logging, SIGINT/SIGTERM
-    as a graceful drain (twice: stop at once), progress, metrics and the final summary."""
+    as a graceful drain (twice: stop at once), progress, metrics and the final summary.
+
+    `command`: the run's `streamsend send` arguments, from which a run cut short gets the exact
+    command that resumes it. `stats`: where to count (the demo reads them afterwards)."""
     from streamsend._logs import configure_logging, get_logger
 
-    async with _maybe_emulator(given, emulator) as (settings, emulator_key):
+    async with _maybe_emulator(given, emulator, emulator_send_rate_per_min) as (
+        settings,
+        emulator_key,
+    ):
         key = api_key or emulator_key
         configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=(key,))
         # Bound once: the lazy proxy re-resolves the configuration on every call (~2 us), which
         # adds up for the per-request debug event even when debug is off.
         log = get_logger("streamsend").bind()
-        stats = RunStats()
+        stats = stats if stats is not None else RunStats()
         stats.input_bytes_total = total_input_bytes(inputs)
-        source = read_inputs(inputs, max_line_bytes=settings.max_line_bytes)
+        campaign = Campaign.load(settings)
+        source = read_inputs(
+            inputs,
+            max_line_bytes=settings.max_line_bytes,
+            input_format=settings.input_format,
+            columns=campaign.columns,
+        )
         async with open_run(
             settings,
             api_key=key,
@@ -165,25 +195,54 @@ async def send_campaign(
             stats=stats,
             log=log,
         ) as run:
-            log.info(
-                "start", config=settings.redacted(), inputs=list(inputs), emulator=emulator or None
-            )
+            # One line with what an operator checks before walking away; the whole effective
+            # configuration is a debug event (and `streamsend config show`).
+            log.info("start", **_start_fields(settings, inputs, emulator=emulator))
+            log.debug("config", **settings.redacted())
+            if settings.rate is None:
+                log.warning("unpaced", hint=UNPACED_HINT)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, run.pipeline.request_stop)
             try:
-                async with _observers(settings, stats, log):
+                async with observe_run(settings, stats, log):
                     result = await run.pipeline.run()
             finally:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
-        _report_summary(stats, log)
+        report_summary(
+            stats, log, settings, left_over=lambda s: _left_over(s, settings, result, command)
+        )
         return result.exit_code
 
 
+def _start_fields(
+    settings: Settings, inputs: Sequence[str], *, emulator: bool
+) -> dict[str, object]:
+    senders = [settings.sender] if settings.sender else []
+    senders += [s for s in settings.sender_rates if s not in senders]
+    rates = {s: format_rate(r) for s, r in settings.sender_rates.items()}
+    fields: dict[str, object] = {
+        "target": "built-in emulator" if emulator else settings.base_url,
+        "api": settings.api_version,
+        "sender": ", ".join(senders) or "from each line",
+        "rate": "unpaced" if settings.rate is None else format_rate(settings.rate),
+        "input": ", ".join("stdin" if i == "-" else i for i in inputs),
+        "outcomes": "stdout" if settings.outcomes == "-" else settings.outcomes,
+    }
+    if rates:
+        fields["rates"] = rates
+    if settings.proxy:
+        fields["proxy"] = settings.proxy
+    return fields
+
+
 @contextlib.asynccontextmanager
-async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tuple[Settings, str]]:
-    """With --emulator: a local emulator, a fresh key and a default sender; else as given."""
+async def _maybe_emulator(
+    settings: Settings, enabled: bool, send_rate_per_min: float | None = None
+) -> AsyncIterator[tuple[Settings, str]]:
+    """With --emulator: a local emulator (sending each list at `send_rate_per_min`, or the
+    service's default), a fresh key and a default sender; else as given."""
     if not enabled:
         yield settings, ""
         return
@@ -197,13 +256,14 @@ async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tu
         api_keys=(key,),
         v1_lists=lists if v1 else (DEFAULT_V1_LIST,),
         v2_lists=(DEFAULT_V2_LIST,) if v1 else lists,
+        send_rate_per_min=send_rate_per_min or DEFAULT_RATE_PER_MIN,
     )
     async with run_emulator(config) as running:
         yield replace(settings, base_url=running.base_url, sender=sender), key
 
 
 @contextlib.asynccontextmanager
-async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
+async def observe_run(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
     """The metrics endpoint and the progress reporter, for the length of the run."""
     async with contextlib.AsyncExitStack() as stack:
         if settings.metrics_port is not None:
@@ -211,7 +271,7 @@ async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncI
 
             url = await stack.enter_async_context(serve_metrics(stats, port=settings.metrics_port))
             log.info("metrics_listening", url=url)
-        from streamsend._progress import report_progress
+        from streamsend._progress import ProgressEstimator, report_progress
 
         progress = asyncio.create_task(
             report_progress(
@@ -220,6 +280,7 @@ async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncI
                 live=sys.stderr.isatty(),
                 stream=sys.stderr,
                 log=log,
+                estimator=ProgressEstimator(paced_rate=_paced_rate(settings)),
             )
         )
         try:
@@ -229,10 +290,75 @@ async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncI
             await asyncio.gather(progress, return_exceptions=True)
 
 
-def _report_summary(stats: RunStats, log: Logger) -> None:
+def _paced_rate(settings: Settings) -> Callable[[StatsSnapshot], float | None]:
+    """Messages per second the pacing allows over the senders in use; None if one is unpaced."""
+
+    def paced(s: StatsSnapshot) -> float | None:
+        senders = [x for x in s.by_sender if x] or ([settings.sender] if settings.sender else [])
+        rates = [settings.rate_for(sender) for sender in senders]
+        if not rates or None in rates:
+            return None
+        return sum(r for r in rates if r is not None)
+
+    return paced
+
+
+def report_summary(
+    stats: RunStats,
+    log: Logger,
+    settings: Settings,
+    *,
+    left_over: Callable[[StatsSnapshot], tuple[str, dict[str, object]] | None] | None = None,
+) -> None:
+    """The summary, once: in words for a person at a terminal, else as a `summary` event;
+    `left_over` adds what a run cut short left undone (text, fields)."""
     from streamsend._progress import format_summary, summary_fields
 
     snapshot = stats.snapshot()
-    log.info("summary", **summary_fields(snapshot))
-    if sys.stderr.isatty():
-        print(format_summary(snapshot), file=sys.stderr)
+    left = left_over(snapshot) if left_over is not None else None
+    human = sys.stderr.isatty() and settings.log_format != "json"
+    if human:
+        text = format_summary(snapshot)
+        if left is not None:
+            text += "\n" + left[0]
+        print(text, file=sys.stderr)
+    else:
+        fields = summary_fields(snapshot)
+        if left is not None:
+            fields.update(left[1])
+        log.info("summary", **fields)
+
+
+def _left_over(
+    s: StatsSnapshot, settings: Settings, result: RunResult, command: Sequence[str] | None
+) -> tuple[str, dict[str, object]] | None:
+    """For a run cut short: how many lines have no outcome, and the command that sends them."""
+    if not (result.interrupted or result.aborted):
+        return None
+    pending = max(s.lines_read - s.outcomes, 0)
+    read_whole = s.input_bytes_total is not None and s.input_bytes_read >= s.input_bytes_total
+    unread = "" if read_whole else ", and the input was not read to its end"
+    how = "interrupted" if result.interrupted else "stopped by the service's answer"
+    text = f"  {how}: {pending:,} lines read have no outcome{unread}."
+    fields: dict[str, object] = {"lines_without_outcome": pending, "input_read_whole": read_whole}
+    if settings.outcomes == "-":
+        text += (
+            " They can't be resumed: the outcomes went to stdout, with no journal; "
+            "pass --outcomes PATH to make a run resumable."
+        )
+        return text, fields
+    resume = resume_command(command or ())
+    text += f" To send them (and nothing twice): {resume}"
+    fields["resume_command"] = resume
+    return text, fields
+
+
+def resume_command(send_args: Sequence[str]) -> str:
+    """`streamsend send ARGS --resume`, from a run's own arguments (without --overwrite, which
+    would send everything again), quoted for a POSIX shell."""
+    import shlex
+
+    args = [a for a in send_args if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["streamsend", "send", *args])

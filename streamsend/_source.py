@@ -1,4 +1,4 @@
-"""Reading input: NDJSON files and stdin, in large chunks, split into numbered lines.
+"""Reading input: files and stdin, in large chunks, split into numbered lines.
 
 Promises:
 - Every physical line of every input is handed on once, numbered from 1 in its own input, in
@@ -18,7 +18,10 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import BinaryIO, Protocol
 
+from streamsend._csv_source import CsvColumns, CsvReader
 from streamsend._exceptions import InputError
+from streamsend._formats import InputFormat, open_format
+from streamsend._template import render_ndjson_block
 from streamsend._types import LineBlock
 
 CHUNK_SIZE = 1 << 20
@@ -83,15 +86,25 @@ async def read_inputs(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     chunk_size: int = CHUNK_SIZE,
     stdin: BinaryIO | None = None,
+    input_format: InputFormat | None = None,
+    columns: CsvColumns | None = None,
 ) -> AsyncIterator[LineBlock]:
-    """Yield the lines of each input in turn ("-" is stdin). Raises InputError if one can't open."""
+    """Yield the lines of each input in turn ("-" is stdin). Raises InputError if one can't open.
+
+    Each input is read in its own format, decompressed (see `_formats`); CSV and TSV records
+    come out as NDJSON lines, and with a template in `columns` NDJSON lines get their body
+    rendered too (see `_csv_source` and `_template`).
+    """
+    columns = columns or CsvColumns()
     for path in inputs:
         if path == "-":
             file = stdin if stdin is not None else sys.stdin.buffer
             reader: _ChunkReader = (
                 _FileReader(file) if _is_regular(file) else await _pipe_reader(file)
             )
-            async for block in split_lines("-", reader, max_line_bytes, chunk_size):
+            async for block in _read_one(
+                "-", reader, input_format, columns, max_line_bytes, chunk_size
+            ):
                 yield block
             continue
         try:
@@ -100,12 +113,39 @@ async def read_inputs(
         except OSError as exc:
             raise InputError(f"can't open input {path!r}: {exc.strerror}") from exc
         try:
-            async for block in split_lines(path, _FileReader(file), max_line_bytes, chunk_size):
+            async for block in _read_one(
+                path, _FileReader(file), input_format, columns, max_line_bytes, chunk_size
+            ):
                 yield block
         except OSError as exc:
             raise InputError(f"can't read input {path!r}: {exc.strerror}") from exc
         finally:
             file.close()
+
+
+async def _read_one(  # noqa: PLR0917 - a private helper of read_inputs
+    path: str,
+    reader: _ChunkReader,
+    input_format: InputFormat | None,
+    columns: CsvColumns,
+    max_line_bytes: int,
+    chunk_size: int,
+) -> AsyncIterator[LineBlock]:
+    fmt, reader = await open_format(path, reader, input_format, chunk_size)
+    physical = split_lines(path, reader, max_line_bytes, chunk_size)
+    if fmt == "ndjson":
+        template = columns.template
+        async for block in physical:
+            yield block if template is None else render_ndjson_block(block, template)
+        return
+    csv = CsvReader(
+        path,
+        delimiter="," if fmt == "csv" else "\t",
+        columns=columns,
+        max_record_bytes=max_line_bytes,
+    )
+    async for block in csv.blocks(physical):
+        yield block
 
 
 async def split_lines(

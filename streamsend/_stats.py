@@ -54,6 +54,7 @@ class StatsSnapshot:
     rate_wait_seconds: float
     retries: int
     segments_sent: int
+    deprecation: str | None = None  # the service's deprecation notice, with what to do
 
     @property
     def outcomes(self) -> int:
@@ -67,14 +68,6 @@ class StatsSnapshot:
     def send_rate(self) -> float:
         """Messages accepted by the service per second since the start."""
         return self.by_status.get("queued", 0) / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta_seconds(self) -> float | None:
-        """Seconds left at the current read speed, when the input size is known."""
-        if not self.input_bytes_total or not self.input_bytes_read or self.elapsed <= 0:
-            return None
-        left = max(self.input_bytes_total - self.input_bytes_read, 0)
-        return left * self.elapsed / self.input_bytes_read
 
 
 @dataclass(slots=True)
@@ -98,6 +91,7 @@ class RunStats:
     rate_wait_seconds: float = 0.0
     retries: int = 0
     segments_sent: int = 0
+    deprecation: str | None = None
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -140,4 +134,5 @@ class RunStats:
             rate_wait_seconds=self.rate_wait_seconds,
             retries=self.retries,
             segments_sent=self.segments_sent,
+            deprecation=self.deprecation,
         )

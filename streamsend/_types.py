@@ -39,6 +39,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # usage or config error: one line on stderr, no traceback
     ABORTED = 3  # a fatal service answer (bad key, suspended account, unknown sending list)
     INTERNAL = 70  # sysexits' EX_SOFTWARE: an unexpected error, e.g. a full disk
+    PENDING = 75  # sysexits' EX_TEMPFAIL: `collect` without --follow, the job isn't complete
     INTERRUPTED = 130  # stopped by SIGINT/SIGTERM (after draining)
 
 
@@ -50,6 +51,9 @@ class LineBlock:
     first_line: int
     lines: list[bytes | None]  # None: longer than the limit, dropped unread
     nbytes: int  # input bytes these lines came from, for progress
+    # Lines the source itself refused (a malformed CSV record, a template field missing):
+    # line -> (code, error); such a line is b"" in `lines` and gets an `invalid` outcome.
+    errors: dict[int, tuple[str, str]] | None = None
 
 
 class LineSource(Protocol):
@@ -61,6 +65,7 @@ class LineSource(Protocol):
     - a blank line is handed on as b"" (it keeps the numbering right; it gets no outcome), a line
       over the length limit as None (never held in memory whole);
     - line content carries no line ending (LF, CRLF) and the first line no UTF-8 BOM;
+    - a line the source refused itself is b"" in `lines` with its code and error in `errors`;
     - an input that can't be read raises `InputError` (the run drains, then reports it).
     """
 

@@ -229,6 +229,7 @@ async def test_a_run_against_a_capped_service_queues_every_line(
             "outcomes": str(tmp_path / "out.ndjson"),
             "fsync": "off",
             "retries": "50",
+            "rate": "unlimited",
         },
     )
     assert settings.concurrency == "auto"

@@ -79,12 +79,15 @@ def test_console_when_stream_is_a_terminal() -> None:
 
 
 def test_forced_json_on_a_terminal() -> None:
-    """fmt="json" writes JSON even to a terminal."""
+    """fmt="json" writes JSON even to a terminal, each line erasing the terminal's current
+    line first, so it is never glued onto the live progress line."""
     stream = FakeTerminal()
     configure_logging(fmt="json", stream=stream)
     get_logger().info("hello")
 
-    assert _json_lines(stream)[0]["event"] == "hello"
+    text = stream.getvalue()
+    assert text.startswith("\r\x1b[K{")
+    assert orjson.loads(text.removeprefix("\r\x1b[K"))["event"] == "hello"
 
 
 def test_forced_console_off_a_terminal_has_no_escape_codes() -> None:

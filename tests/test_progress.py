@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from streamsend._logs import configure_logging, get_logger, reset_logging
 from streamsend._progress import (
     LIVE_INTERVAL,
+    ProgressEstimator,
     format_progress_line,
     format_summary,
     report_progress,
@@ -112,15 +113,16 @@ async def _run_until_stopped(
 
 
 def test_progress_line_with_known_input_size() -> None:
-    """The line shows done, msg/s, non-zero statuses, how far through the input, and the ETA."""
+    """The line shows done, msg/s, non-zero statuses, the share of lines done, and the ETA."""
     clock = FakeClock()
     stats = _stats(clock)
     stats.input_bytes_total = 400_000
     stats.input_bytes_read = 100_000
     clock.now = 10.0
-    # 1,250 outcomes in 10 s; a quarter of the input in 10 s leaves 30 s.
+    # A quarter of the input read holds 1,252 lines: 5,008 in all, 1,250 done (25%); 3,758
+    # left at 125 outcomes/s is 30.1 s.
     assert format_progress_line(stats.snapshot()) == (
-        "1,250 done | 125 msg/s | queued 1,200 rejected 30 invalid 20 | 25% ETA 30.0s"
+        "1,250 done | 125 msg/s | queued 1,200 rejected 30 invalid 20 | 25% ETA 30.1s"
     )
 
 
@@ -138,12 +140,81 @@ def test_progress_line_eta_in_minutes_and_hours() -> None:
     """Long ETAs read as minutes and seconds, or hours and minutes."""
     clock = FakeClock()
     stats = RunStats(clock=clock)
-    stats.input_bytes_total = 1_000_000
-    stats.input_bytes_read = 10_000
-    clock.now = 1.0  # 1 % per second: 99 s left
+    stats.input_bytes_total = stats.input_bytes_read = 1_000_000
+    stats.lines_read = 10_000
+    stats.count_outcome("queued", "pn_a", 100)
+    clock.now = 1.0  # 100 lines per second: 9,900 left is 99 s
     assert format_progress_line(stats.snapshot()).endswith("1% ETA 1m39s")
-    clock.now = 100.0  # 1 % per 100 s: 9,900 s left
+    clock.now = 100.0  # 1 line per second: 9,900 s
     assert format_progress_line(stats.snapshot()).endswith("1% ETA 2h45m")
+
+
+def _read_ahead(clock: FakeClock, *, lines: int, read: int, done: int, at: float) -> RunStats:
+    """A run that has read `read` of `lines` equal lines and finished `done` by time `at`."""
+    stats = RunStats(clock=clock)
+    stats.input_bytes_total = lines * 100
+    stats.input_bytes_read = read * 100
+    stats.lines_read = read
+    stats.count_outcome("queued", "pn_a", done)
+    clock.now = at
+    return stats
+
+
+def test_paced_run_reading_ahead_shows_lines_done_and_the_paced_eta() -> None:
+    """At --rate 17000/min the reader runs far ahead of the sending. The issue's case: 1,456
+    done after 5 s of a 30,000-line file read whole showed "85% ETA 0.9s"; it is 5% done,
+    and at most 283/s leaves at least 28,544 / 283.3 = 100.7 s."""
+    clock = FakeClock()
+    stats = _read_ahead(clock, lines=30_000, read=30_000, done=1_456, at=5.0)
+    estimator = ProgressEstimator(paced_rate=lambda s: 17_000 / 60)
+    estimate = estimator.update(stats.snapshot())
+    assert estimate.total == 30_000
+    assert format_progress_line(stats.snapshot(), estimate).endswith("| 5% ETA 1m41s")
+
+
+def test_eta_never_beats_the_paced_rate() -> None:
+    """At 20,000/s on 200k lines, a burst of 17,000 answers in 0.5 s (34,000/s measured) with
+    a quarter of the input read: 8% done, and the ETA is remaining / 20,000 (9.2 s), not 3 s."""
+    clock = FakeClock()
+    stats = _read_ahead(clock, lines=200_000, read=50_000, done=17_000, at=0.5)
+    estimate = ProgressEstimator(paced_rate=lambda s: 20_000.0).update(stats.snapshot())
+    assert estimate.total == 200_000
+    assert estimate.fraction == pytest.approx(0.085)
+    assert estimate.eta_seconds == pytest.approx(183_000 / 20_000)
+    unpaced = ProgressEstimator().update(stats.snapshot())
+    assert unpaced.eta_seconds == pytest.approx(183_000 / 34_000)
+
+
+def test_rate_is_smoothed_over_outcomes() -> None:
+    """The rate follows outcomes per second, smoothed: a second without outcomes lowers it
+    (and the ETA grows) without zeroing it; a stall of many seconds brings it near zero."""
+    clock = FakeClock()
+    stats = _read_ahead(clock, lines=100_000, read=100_000, done=1_000, at=1.0)
+    estimator = ProgressEstimator(smoothing=10.0)
+    first = estimator.update(stats.snapshot())
+    assert first.rate == pytest.approx(1_000)
+    clock.now = 2.0  # no outcome in the last second
+    stalled = estimator.update(stats.snapshot())
+    assert 0 < stalled.rate < first.rate
+    assert stalled.eta_seconds is not None
+    assert first.eta_seconds is not None
+    assert stalled.eta_seconds > first.eta_seconds
+    clock.now = 60.0
+    assert estimator.update(stats.snapshot()).rate < 5
+
+
+def test_unknown_total_has_no_percentage_and_finished_input_has_eta_zero() -> None:
+    """stdin (no size): no total, no fraction, no ETA. Every line done: ETA 0, 100%."""
+    clock = FakeClock()
+    stats = RunStats(clock=clock)
+    stats.lines_read = 10
+    stats.count_outcome("queued", "pn_a", 5)
+    clock.now = 1.0
+    estimate = ProgressEstimator().update(stats.snapshot())
+    assert (estimate.total, estimate.fraction, estimate.eta_seconds) == (None, None, None)
+    stats = _read_ahead(clock, lines=10, read=10, done=10, at=2.0)
+    finished = ProgressEstimator().update(stats.snapshot())
+    assert (finished.fraction, finished.eta_seconds) == (1.0, 0.0)
 
 
 def test_summary_fields() -> None:
@@ -245,8 +316,8 @@ async def test_not_live_emits_progress_events_and_writes_nothing() -> None:
     configure_logging(stream=io.StringIO())
     clock = FakeClock()
     stats = RunStats(clock=clock)
-    stats.input_bytes_total = 1000
-    stats.input_bytes_read = 500
+    stats.input_bytes_total = stats.input_bytes_read = 1000
+    stats.lines_read = 40
     stream = io.StringIO()
     sleep = TickingSleep(clock, stats, ticks_before_stop=3)
     with capture_logs() as captured:
@@ -258,5 +329,7 @@ async def test_not_live_emits_progress_events_and_writes_nothing() -> None:
     assert [e["event"] for e in captured] == ["progress", "progress"]
     assert [e["by_status"]["queued"] for e in captured] == [10, 20]
     assert captured[0]["elapsed_seconds"] == 5.0
-    assert captured[0]["input_percent"] == 50.0
-    assert captured[0]["eta_seconds"] == 5.0
+    # Lines done, not input read: 10 of 40 lines after 5 s, at 2 lines/s: 15 s to go.
+    assert captured[0]["percent_done"] == 25.0
+    assert captured[0]["total_lines"] == 40
+    assert captured[0]["eta_seconds"] == 15.0

@@ -135,6 +135,15 @@ async def _close_without_answer(request: web.BaseRequest) -> NoReturn:
     raise AssertionError("unreachable: the handler is cancelled when its connection closes")
 
 
+def _first_half(payload: Any) -> Any:
+    """The request with only the first half of its messages (at least one): what a service that
+    failed midway through a batch has queued. Anything without a message array is unchanged."""
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    if type(messages) is not list or len(messages) < 2:
+        return payload
+    return {**payload, "messages": messages[: len(messages) // 2]}
+
+
 def _lists_named(endpoint: Endpoint, payload: object) -> frozenset[str]:
     """The sending lists a decoded request names (for the faults' `lists` filter)."""
     if not isinstance(payload, dict):
@@ -252,6 +261,8 @@ class EmulatorService:
         fault = draw.fault
         if fault in BEFORE_QUEUEING:
             return await self._fault_before_queueing(request, draw, headers)
+        if fault is Fault.PARTIAL_500 and refusal is None:
+            payload = _first_half(payload)
         if refusal is None:
             try:
                 answer = self._accept(endpoint, payload, sequence, arrival)
@@ -272,6 +283,13 @@ class EmulatorService:
         if fault is Fault.TRUNCATED_BODY:
             self._count_fault(fault, TRUNCATED)
             await self._answer_truncated(request, answer, headers)
+        if fault is Fault.GATEWAY_AFTER or fault is Fault.PARTIAL_500:
+            # The messages (or half of them) are queued and the ledger has them; the answer
+            # says only that something went wrong, as a gateway or a crashing handler does.
+            self.stats.faults[fault] += 1
+            status = draw.status_5xx if fault is Fault.GATEWAY_AFTER else 500
+            code, text = _5XX_ERRORS[status]
+            return self._refuse(_Refusal(status, code, text), headers)
         self.stats.by_status["201"] += 1
         return web.Response(body=answer, status=201, headers=headers, content_type=_JSON)
 

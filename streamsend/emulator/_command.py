@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-after": "queued, then the connection closed without an answer",
         "--hang": "queued and never answered",
         "--truncated-body": "queued and answered 201 with the body cut off",
+        "--gateway-after": "queued, then answered 502/504 (a gateway whose upstream accepted)",
+        "--partial-500": "half their messages queued, then answered 500",
     }
     for flag, meaning in fault_flags.items():
         faults.add_argument(flag, type=float, metavar="F", help=f"fraction of requests {meaning}")
@@ -328,6 +330,8 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
             fault_settings[name] = value
     for name, attribute in (
         ("truncated_body", "truncated_body"),
+        ("gateway_after", "gateway_after"),
+        ("partial_500", "partial_500"),
         ("retry_after_s", "retry_after"),
         ("latency_ms", "latency_ms"),
         ("latency_spread_ms", "latency_spread_ms"),

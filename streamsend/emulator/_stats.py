@@ -40,6 +40,8 @@ class FaultCounts(TypedDict):
     drop_after: int
     hang: int
     truncated_body: int
+    gateway_after: int
+    partial_500: int
     latency: int
 
 
@@ -133,6 +135,8 @@ class EmulatorStats:
                 "drop_after": self.faults[Fault.DROP_AFTER],
                 "hang": self.faults[Fault.HANG],
                 "truncated_body": self.faults[Fault.TRUNCATED_BODY],
+                "gateway_after": self.faults[Fault.GATEWAY_AFTER],
+                "partial_500": self.faults[Fault.PARTIAL_500],
                 "latency": self.latency_faults,
             },
             "per_list": {
