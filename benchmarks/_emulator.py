@@ -38,6 +38,7 @@ class EmulatorProcess:
         latency_spread_ms: float | None = None,
         ledger: Path | None = None,
         extra_lists: tuple[str, ...] = (),
+        max_in_flight: int | None = None,
     ) -> None:
         self.log_path = log_path
         self.ledger = ledger
@@ -49,6 +50,8 @@ class EmulatorProcess:
             self._argv += ["--latency-ms", str(latency_ms)]
         if latency_spread_ms is not None:
             self._argv += ["--latency-spread-ms", str(latency_spread_ms)]
+        if max_in_flight is not None:
+            self._argv += ["--max-in-flight", str(max_in_flight)]
         if ledger is not None:
             ledger.unlink(missing_ok=True)
             self._argv += ["--ledger", str(ledger)]

@@ -116,6 +116,8 @@ def format_table(results: dict[str, Any]) -> str:
             + ("-" if share is None else f"{share:.1%}")
         )
         out += [f"  FAILED {failure}" for failure in trickle["failures"]]
+    if "capped" in scenarios:
+        out += _capped_table(scenarios["capped"])
     if "startup" in scenarios:
         out += _startup_table(scenarios["startup"])
     if "memory" in scenarios:
@@ -175,6 +177,31 @@ def _scaleout_table(scaleout: dict[str, Any]) -> list[str]:
     )
     lines += [f"  FAILED {failure}" for failure in scaleout["failures"]]
     return lines
+
+
+def _capped_table(capped: dict[str, Any]) -> list[str]:
+    out = [
+        f"\ncapped: emulator --max-in-flight {capped['max_in_flight']} at "
+        f"{capped['latency_ms']:.0f} ms a request, {capped['messages']:,} messages, "
+        f"{capped['runs_per_tool']} runs per tool, interleaved; targets after the first "
+        f"{capped['settle_s']:g} s: < 1% of requests 429, >= 85% of the 4-in-flight client",
+        f"  {'tool':<18} {'msgs/s median [min–max]':<26} {'steady msgs/s':<26} 429 share after",
+    ]
+    for tool, figures in capped["tools"].items():
+        share = figures.get("refused_share_after_settle")
+        out.append(
+            f"  {tool:<18} {_spread_k(figures['messages_per_s']):<26} "
+            f"{_spread_k(figures.get('steady_messages_per_s')):<26} "
+            + ("-" if not share else f"{share['median']:.2%} [max {share['max']:.2%}]")
+        )
+        out += [f"  {'':<18} FAILED {failure}" for failure in figures["failures"]]
+    ratio = capped["streamsend_vs_minimal_4"]
+    out.append(
+        f"  streamsend / minimal_asyncio_4: {_x(ratio['throughput_ratio_of_medians'])} whole run "
+        f"(per round {_spread(ratio['throughput_ratio_per_round'])}), "
+        f"{_x(capped['steady_ratio_of_medians'])} after the first {capped['settle_s']:g} s"
+    )
+    return out
 
 
 def _startup_table(startup: dict[str, Any]) -> list[str]:

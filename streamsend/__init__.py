@@ -10,6 +10,7 @@ How data flows (one module per stage, bounded queues of batches between them):
     _batcher   Messages -> Batches (one sending number, <= 1,000 messages, < 5,000,000 bytes)
     _dispatch  Batches -> HTTP requests (aiohttp), in three parts:
       _lanes     per sending number: queue, pacing (_pacing), 429 pause; shared request slots
+                 (_concurrency: fixed, or adapted to latency and 429/503 answers)
       _attempts  one request and its retries: what each answer proves (_protocol)
       _recorder  each request's journal records, outcomes and stats
     _outcomes  every Message and invalid line -> exactly one Outcome record

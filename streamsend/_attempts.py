@@ -3,8 +3,9 @@
 Promises:
 - A request is journaled (and, with the fsync policy, on disk) before its first byte leaves.
 - Its lines are sent again only when the service proved it did not accept them (see
-  `_protocol`): a 429 pauses the whole sending number, other "not sent" answers back off with
-  full jitter; "maybe sent" ends as `unknown` unless the user opted into --resend-unknown.
+  `_protocol.ANSWERS`): a 429 or 503 pauses the whole sending number, other "not sent" failures
+  back off with full jitter; "maybe sent" (a 500/502/504 included) ends as `unknown` unless the
+  user opted into --resend-unknown.
 - Every request ends in exactly one of: outcomes for all its lines (then `done`), `unsent` in the
   journal (it certainly never left: --resume sends it), or `unknown` outcomes when a shutdown cut
   it short after it may have left.
@@ -172,7 +173,7 @@ class AttemptLoop:
                     return
                 attempts += 1
                 ctx = SimpleNamespace(transmitted=False)
-                async with self._lanes.request_slot(lane):
+                async with self._lanes.request_slot(lane) as epoch:
                     if not journaled:
                         recorder.started(request, messages)
                         # Journaled from here on: a cancellation during the fsync just below
@@ -197,6 +198,12 @@ class AttemptLoop:
                         self._stats.in_flight -= 1
                         latency = time.monotonic() - started
                 ctx = SimpleNamespace(transmitted=False)  # the attempt is over, one way or another
+                self._lanes.slots.observe(
+                    latency,
+                    answered=failure is None,
+                    back_pressure=_is_back_pressure(failure),
+                    epoch=epoch,
+                )
                 recorder.attempt(
                     request,
                     sender=lane.sender,
@@ -261,14 +268,15 @@ class AttemptLoop:
         if attempts > self._retries:
             return None
         if isinstance(failure, RateLimited):
-            # Pause the whole lane, not just this request: the service says this number is busy.
+            # Pause the whole lane, not just this request: the service says this number is busy
+            # (429) or that it can't take requests now (503).
             delay = failure.retry_after
             if delay is None:
                 delay = self._backoff.delay(attempts - 1, self._rng)
             lane.pause(delay)
             self._stats.retries += 1
             self._log.warning(
-                "rate_limited",
+                "rate_limited" if failure.status == 429 else "service_unavailable",
                 sender=lane.sender,
                 request=request,
                 retry_after=delay,
@@ -334,6 +342,13 @@ class AttemptLoop:
             x_api_deprecated=response.headers.get("X-API-Deprecated"),
             hint=hint,
         )
+
+
+def _is_back_pressure(failure: SendError | None) -> bool:
+    """The service said it is too busy (429, 503) or didn't answer in time: fewer in flight."""
+    if failure is None:
+        return False
+    return isinstance(failure, RateLimited) or failure.status == 503 or failure.code == "timeout"
 
 
 def _answer_code(failure: SendError | None) -> str:

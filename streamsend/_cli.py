@@ -103,11 +103,18 @@ def _send_parser() -> argparse.ArgumentParser:
         type=float,
         help="send a partly filled batch this long after its first message (default 250)",
     )
-    p.add_argument("--concurrency", type=int, help="requests in flight at most (default 8)")
+    p.add_argument(
+        "--concurrency",
+        help="requests in flight: auto (default) adapts to the service's latency and 429/503 "
+        "answers; a number fixes it",
+    )
+    p.add_argument(
+        "--max-concurrency", type=int, help="the most requests in flight auto reaches (default 32)"
+    )
     p.add_argument(
         "--rate",
-        help="messages per sending number, e.g. 17000/min or 300/s "
-        "(default unlimited; the service's default send rate is 17000/min)",
+        help="messages per sending number, with a unit: 17000/min (the default: the "
+        "service's own send rate per sending list), 300/s; `unlimited` opts out of pacing",
     )
     p.add_argument("--timeout", help="seconds per request attempt (default 30)")
     p.add_argument(
@@ -163,6 +170,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "batch_size",
         "linger_ms",
         "concurrency",
+        "max_concurrency",
         "rate",
         "timeout",
         "retries",

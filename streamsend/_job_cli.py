@@ -44,6 +44,7 @@ DELIVERY_FLAGS = (
     "base_url",
     "batch_size",
     "concurrency",
+    "max_concurrency",
     "rate",
     "timeout",
     "retries",

@@ -23,10 +23,24 @@ from streamsend._config import Settings
 from streamsend._exceptions import ConfigError
 from streamsend._journal import FileJournal, ResumeState
 from streamsend._outcomes import FileSink
+from streamsend._pacing import (
+    DEFAULT_RATE,
+    DEFAULT_RATE_PER_MIN,
+    SERVICE_STALE_AFTER_S,
+    format_rate,
+)
 from streamsend._pipeline import Pipeline, RunResult
 from streamsend._source import read_inputs, total_input_bytes
 from streamsend._stats import RunStats, StatsSnapshot
 from streamsend._types import ExitCode, LineSource, Logger, OutcomeSink, RateLimiter
+
+#: What `--rate unlimited` risks, said at the start of such a run.
+UNPACED_HINT = (
+    f"--rate unlimited: the service sends {DEFAULT_RATE} per sending list (its default) and "
+    f"drops what waits in its queue over {SERVICE_STALE_AFTER_S // 60} min, so it holds about "
+    f"{DEFAULT_RATE_PER_MIN * SERVICE_STALE_AFTER_S // 60:,} messages per list; past that, "
+    "messages are lost while the outcomes say queued"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +157,7 @@ async def send_campaign(
     resume: bool = False,
     overwrite: bool = False,
     emulator: bool = False,
+    emulator_send_rate_per_min: float | None = None,
     command: Sequence[str] | None = None,
     stats: RunStats | None = None,
 ) -> ExitCode:
@@ -153,7 +168,10 @@ async def send_campaign(
     command that resumes it. `stats`: where to count (the demo reads them afterwards)."""
     from streamsend._logs import configure_logging, get_logger
 
-    async with _maybe_emulator(given, emulator) as (settings, emulator_key):
+    async with _maybe_emulator(given, emulator, emulator_send_rate_per_min) as (
+        settings,
+        emulator_key,
+    ):
         key = api_key or emulator_key
         configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=(key,))
         # Bound once: the lazy proxy re-resolves the configuration on every call (~2 us), which
@@ -181,6 +199,8 @@ async def send_campaign(
             # configuration is a debug event (and `streamsend config show`).
             log.info("start", **_start_fields(settings, inputs, emulator=emulator))
             log.debug("config", **settings.redacted())
+            if settings.rate is None:
+                log.warning("unpaced", hint=UNPACED_HINT)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, run.pipeline.request_stop)
@@ -199,8 +219,6 @@ async def send_campaign(
 def _start_fields(
     settings: Settings, inputs: Sequence[str], *, emulator: bool
 ) -> dict[str, object]:
-    from streamsend._config import format_rate
-
     senders = [settings.sender] if settings.sender else []
     senders += [s for s in settings.sender_rates if s not in senders]
     rates = {s: format_rate(r) for s, r in settings.sender_rates.items()}
@@ -220,8 +238,11 @@ def _start_fields(
 
 
 @contextlib.asynccontextmanager
-async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tuple[Settings, str]]:
-    """With --emulator: a local emulator, a fresh key and a default sender; else as given."""
+async def _maybe_emulator(
+    settings: Settings, enabled: bool, send_rate_per_min: float | None = None
+) -> AsyncIterator[tuple[Settings, str]]:
+    """With --emulator: a local emulator (sending each list at `send_rate_per_min`, or the
+    service's default), a fresh key and a default sender; else as given."""
     if not enabled:
         yield settings, ""
         return
@@ -235,6 +256,7 @@ async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tu
         api_keys=(key,),
         v1_lists=lists if v1 else (DEFAULT_V1_LIST,),
         v2_lists=(DEFAULT_V2_LIST,) if v1 else lists,
+        send_rate_per_min=send_rate_per_min or DEFAULT_RATE_PER_MIN,
     )
     async with run_emulator(config) as running:
         yield replace(settings, base_url=running.base_url, sender=sender), key
