@@ -39,6 +39,13 @@ from streamsend._csv_source import CsvColumns
 from streamsend._exceptions import ConfigError, InputError, StreamsendError
 from streamsend._formats import InputFormat, precheck_inputs
 from streamsend._models import Encoding, Message
+from streamsend._pacing import (
+    DEFAULT_RATE,
+    DEFAULT_RATE_PER_MIN,
+    UNLIMITED,
+    format_rate,
+    parse_rate,
+)
 from streamsend._source import DEFAULT_MAX_LINE_BYTES, read_inputs
 from streamsend._template import load_template
 from streamsend._types import ApiVersion, ExitCode
@@ -70,6 +77,9 @@ class CheckSummary:
     duplicate_examples: tuple[str, ...] = ()  # a few of those numbers, most messages first
     sender_checked: bool = True  # False when v1 ran without --from (see V1_PLACEHOLDER_SENDER)
     inputs: tuple[str, ...] = field(default=())
+    # The most valid messages any one sending number has: pacing is per sending number, so
+    # this one sets how long the campaign takes.
+    busiest_sender_messages: int = 0
     segment_spread: dict[int, int] = field(default_factory=dict)  # segments -> messages
     samples: tuple[str, ...] = ()  # the first few rendered bodies (with a template)
     held_back: dict[str, int] = field(default_factory=dict)  # suppressed/duplicate/expired lines
@@ -82,6 +92,12 @@ class CheckSummary:
     def lines(self) -> int:
         return self.valid + self.invalid + sum(self.held_back.values())
 
+    def duration_at(self, rate_per_s: float | None) -> float | None:
+        """Seconds the campaign takes paced at `rate_per_s` per sending number (None: unpaced)."""
+        if rate_per_s is None:
+            return None
+        return self.busiest_sender_messages / rate_per_s
+
     def estimated_cost(self, price_per_segment: Decimal | int | str) -> Decimal:
         """The cost of sending the valid messages at `price_per_segment` per segment.
 
@@ -89,7 +105,9 @@ class CheckSummary:
         """
         return Decimal(price_per_segment) * self.segments
 
-    def to_dict(self, price_per_segment: Decimal | None = None) -> dict[str, object]:
+    def to_dict(
+        self, price_per_segment: Decimal | None = None, rate_per_s: float | None = None
+    ) -> dict[str, object]:
         """The summary as JSON-ready fields (what `--summary-json` writes)."""
         record: dict[str, object] = {
             "lines": self.lines,
@@ -102,6 +120,8 @@ class CheckSummary:
             "duplicate_messages": self.duplicate_messages,
             "duplicate_examples": list(self.duplicate_examples),
             "sender_checked": self.sender_checked,
+            "rate": format_rate(rate_per_s),
+            "estimated_seconds": self.duration_at(rate_per_s),
             "segment_spread": {str(k): v for k, v in sorted(self.segment_spread.items())},
             "samples": list(self.samples),
             "held_back": dict(sorted(self.held_back.items())),
@@ -138,6 +158,7 @@ async def check_inputs(
     invalid_by_code: dict[str, int] = {}
     seen: set[str] = set()
     extra: dict[str, int] = {}  # number -> messages beyond its first
+    by_sender: dict[str, int] = {}
     too_long = f"the line is longer than {max_line_bytes} bytes"
     dumps = orjson.dumps
 
@@ -191,6 +212,7 @@ async def check_inputs(
                         samples.append(orjson.loads(raw)["body"])
                     if result.encoding is Encoding.GSM7:
                         gsm7 += 1
+                    by_sender[result.sender] = by_sender.get(result.sender, 0) + 1
                     to = result.to
                     if to in seen:
                         extra[to] = extra.get(to, 0) + 1
@@ -241,13 +263,18 @@ async def check_inputs(
         duplicate_examples=tuple(number for number, _ in examples),
         sender_checked=sender_checked,
         inputs=tuple(inputs),
+        busiest_sender_messages=max(by_sender.values(), default=0),
         segment_spread=spread,
         samples=tuple(samples),
         held_back=held_back,
     )
 
 
-def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | None = None) -> str:
+def format_check_summary(
+    summary: CheckSummary,
+    price_per_segment: Decimal | None = None,
+    rate_per_s: float | None = DEFAULT_RATE_PER_MIN / 60,
+) -> str:
     """The human summary `streamsend check` prints on stderr (no trailing newline)."""
     lines = [
         f"checked {summary.lines:,} lines: {summary.valid:,} valid, {summary.invalid:,} invalid"
@@ -284,10 +311,30 @@ def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | Non
         lines.append(
             f"  estimated cost: {summary.segments:,} segments at {price_per_segment} = {cost}"
         )
+    seconds = summary.duration_at(rate_per_s)
+    if seconds is None:
+        lines.append(
+            f"  rate unlimited: not paced; the service drains {DEFAULT_RATE} per sending list "
+            "and drops what waits in its queue over 30 min"
+        )
+    else:
+        lines.append(
+            f"  duration at {format_rate(rate_per_s)} per sending number: about "
+            f"{_duration(seconds)} ({_count(summary.busiest_sender_messages, 'message')} "
+            "from the busiest)"
+        )
     lines.extend(f"  sample: {sample!r}" for sample in summary.samples)
     if not summary.sender_checked:
         lines.append("  note: no --from given, so the sending number was not checked")
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else "under a second"
+    minutes = round(seconds / 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
 def _count(n: int, noun: str) -> str:
@@ -300,7 +347,8 @@ Validate a campaign without sending anything. Each non-blank line is checked exa
   {"line", "source", "status": "valid"|"invalid", "code" and "error" (invalid),
    "to_msisdn" (normalised, valid), "segments", "encoding": "gsm7"|"ucs2" (valid), "ref"}
 A summary goes to stderr: invalid lines by code, total segments, GSM-7 vs UCS-2 messages,
-recipients who would get more than one message, and the cost with --price-per-segment.
+recipients who would get more than one message, how long sending takes at --rate, and the
+cost with --price-per-segment.
 
 Sending number: with --from, it is checked as send would check it. Without it, v1 lines are
 checked for everything but the sender (any from_phone_number_id is well-formed, and only the
@@ -330,6 +378,15 @@ def _price(text: str) -> Decimal:
     if not value.is_finite() or value < 0:
         raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text!r}")
     return value
+
+
+def _rate(text: str) -> float | None:
+    if text == UNLIMITED:
+        return None
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -371,6 +428,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_price,
         metavar="PRICE",
         help="price of one SMS segment, to estimate the campaign's cost (e.g. 0.0075)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_rate,
+        default=DEFAULT_RATE_PER_MIN / 60,
+        metavar="RATE",
+        help=f"the send rate per sending number, as for send (default {DEFAULT_RATE}; "
+        "unlimited): how long the campaign takes",
     )
     parser.add_argument(
         "--output",
@@ -470,9 +535,10 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
             )
         )
         out.flush()
-        print(format_check_summary(summary, args.price_per_segment), file=sys.stderr)
+        print(format_check_summary(summary, args.price_per_segment, args.rate), file=sys.stderr)
         if summary_file is not None:
-            summary_file.write(orjson.dumps(summary.to_dict(args.price_per_segment)) + b"\n")
+            record = summary.to_dict(args.price_per_segment, args.rate)
+            summary_file.write(orjson.dumps(record) + b"\n")
     return summary
 
 

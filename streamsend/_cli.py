@@ -108,11 +108,18 @@ def _send_parser() -> argparse.ArgumentParser:
         type=float,
         help="send a partly filled batch this long after its first message (default 250)",
     )
-    p.add_argument("--concurrency", type=int, help="requests in flight at most (default 8)")
+    p.add_argument(
+        "--concurrency",
+        help="requests in flight: auto (default) adapts to the service's latency and 429/503 "
+        "answers; a number fixes it",
+    )
+    p.add_argument(
+        "--max-concurrency", type=int, help="the most requests in flight auto reaches (default 32)"
+    )
     p.add_argument(
         "--rate",
-        help="messages per sending number, e.g. 17000/min or 300/s "
-        "(default unlimited; the service's default send rate is 17000/min)",
+        help="messages per sending number, with a unit: 17000/min (the default: the "
+        "service's own send rate per sending list), 300/s; `unlimited` opts out of pacing",
     )
     p.add_argument("--timeout", help="seconds per request attempt (default 30)")
     p.add_argument(
@@ -169,6 +176,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "batch_size",
         "linger_ms",
         "concurrency",
+        "max_concurrency",
         "rate",
         "timeout",
         "retries",
@@ -280,6 +288,20 @@ def _demo_main(argv: Sequence[str]) -> int:
     return demo_main(argv)
 
 
+def _job_command(name: str) -> Callable[[Sequence[str]], int]:
+    """A scale-out command (`_job_cli`), handed `send`'s parser to borrow its flags from."""
+
+    def run(argv: Sequence[str]) -> int:
+        from streamsend import _job_cli
+
+        command: Callable[[Sequence[str], _job_cli.SendCommand], int] = getattr(
+            _job_cli, f"{name}_main"
+        )
+        return command(argv, _job_cli.SendCommand(_send_parser, _check_inputs))
+
+    return run
+
+
 #: Every command: its function (which imports what it needs when called) and its one-line help.
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "send": (send_main, "send NDJSON messages through the Trackly bulk API"),
@@ -287,6 +309,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "emulator": (_emulator_main, "run the built-in Trackly emulator"),
     "demo": (_demo_main, "send a sample campaign through the built-in emulator"),
     "config": (config_main, "show the effective configuration (config show)"),
+    "enqueue": (_job_command("enqueue"), "validate lines and add them to a job in Redis"),
+    "worker": (_job_command("worker"), "send a job's lines from Redis (run any number)"),
+    "collect": (_job_command("collect"), "write a job's outcomes (--follow: until complete)"),
+    "job": (_job_command("job"), "a job's status (job status NAME), or delete it (job purge)"),
 }
 
 

@@ -24,10 +24,24 @@ from streamsend._config import Settings
 from streamsend._exceptions import ConfigError
 from streamsend._journal import FileJournal, ResumeState
 from streamsend._outcomes import FileSink
+from streamsend._pacing import (
+    DEFAULT_RATE,
+    DEFAULT_RATE_PER_MIN,
+    SERVICE_STALE_AFTER_S,
+    format_rate,
+)
 from streamsend._pipeline import Pipeline, RunResult
 from streamsend._source import read_inputs, total_input_bytes
 from streamsend._stats import RunStats, StatsSnapshot
 from streamsend._types import ExitCode, LineSource, Logger, OutcomeSink, RateLimiter
+
+#: What `--rate unlimited` risks, said at the start of such a run.
+UNPACED_HINT = (
+    f"--rate unlimited: the service sends {DEFAULT_RATE} per sending list (its default) and "
+    f"drops what waits in its queue over {SERVICE_STALE_AFTER_S // 60} min, so it holds about "
+    f"{DEFAULT_RATE_PER_MIN * SERVICE_STALE_AFTER_S // 60:,} messages per list; past that, "
+    "messages are lost while the outcomes say queued"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +160,7 @@ async def send_campaign(
     resume: bool = False,
     overwrite: bool = False,
     emulator: bool = False,
+    emulator_send_rate_per_min: float | None = None,
     command: Sequence[str] | None = None,
     stats: RunStats | None = None,
 ) -> ExitCode:
@@ -156,7 +171,10 @@ async def send_campaign(
     command that resumes it. `stats`: where to count (the demo reads them afterwards)."""
     from streamsend._logs import configure_logging, get_logger
 
-    async with _maybe_emulator(given, emulator) as (settings, emulator_key):
+    async with _maybe_emulator(given, emulator, emulator_send_rate_per_min) as (
+        settings,
+        emulator_key,
+    ):
         key = api_key or emulator_key
         configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=(key,))
         # Bound once: the lazy proxy re-resolves the configuration on every call (~2 us), which
@@ -196,24 +214,26 @@ async def send_campaign(
             # configuration is a debug event (and `streamsend config show`).
             log.info("start", **_start_fields(settings, inputs, emulator=emulator))
             log.debug("config", **settings.redacted())
+            if settings.rate is None:
+                log.warning("unpaced", hint=UNPACED_HINT)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, run.pipeline.request_stop)
             try:
-                async with _observers(settings, stats, log):
+                async with observe_run(settings, stats, log):
                     result = await run.pipeline.run()
             finally:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
-        _report_summary(stats, log, settings, result, command)
+        report_summary(
+            stats, log, settings, left_over=lambda s: _left_over(s, settings, result, command)
+        )
         return result.exit_code
 
 
 def _start_fields(
     settings: Settings, inputs: Sequence[str], *, emulator: bool
 ) -> dict[str, object]:
-    from streamsend._config import format_rate
-
     senders = [settings.sender] if settings.sender else []
     senders += [s for s in settings.sender_rates if s not in senders]
     rates = {s: format_rate(r) for s, r in settings.sender_rates.items()}
@@ -233,8 +253,11 @@ def _start_fields(
 
 
 @contextlib.asynccontextmanager
-async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tuple[Settings, str]]:
-    """With --emulator: a local emulator, a fresh key and a default sender; else as given."""
+async def _maybe_emulator(
+    settings: Settings, enabled: bool, send_rate_per_min: float | None = None
+) -> AsyncIterator[tuple[Settings, str]]:
+    """With --emulator: a local emulator (sending each list at `send_rate_per_min`, or the
+    service's default), a fresh key and a default sender; else as given."""
     if not enabled:
         yield settings, ""
         return
@@ -248,13 +271,14 @@ async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tu
         api_keys=(key,),
         v1_lists=lists if v1 else (DEFAULT_V1_LIST,),
         v2_lists=(DEFAULT_V2_LIST,) if v1 else lists,
+        send_rate_per_min=send_rate_per_min or DEFAULT_RATE_PER_MIN,
     )
     async with run_emulator(config) as running:
         yield replace(settings, base_url=running.base_url, sender=sender), key
 
 
 @contextlib.asynccontextmanager
-async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
+async def observe_run(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
     """The metrics endpoint and the progress reporter, for the length of the run."""
     async with contextlib.AsyncExitStack() as stack:
         if settings.metrics_port is not None:
@@ -294,18 +318,19 @@ def _paced_rate(settings: Settings) -> Callable[[StatsSnapshot], float | None]:
     return paced
 
 
-def _report_summary(
+def report_summary(
     stats: RunStats,
     log: Logger,
     settings: Settings,
-    result: RunResult,
-    command: Sequence[str] | None,
+    *,
+    left_over: Callable[[StatsSnapshot], tuple[str, dict[str, object]] | None] | None = None,
 ) -> None:
-    """The summary, once: in words for a person at a terminal, else as a `summary` event."""
+    """The summary, once: in words for a person at a terminal, else as a `summary` event;
+    `left_over` adds what a run cut short left undone (text, fields)."""
     from streamsend._progress import format_summary, summary_fields
 
     snapshot = stats.snapshot()
-    left = _left_over(snapshot, settings, result, command)
+    left = left_over(snapshot) if left_over is not None else None
     human = sys.stderr.isatty() and settings.log_format != "json"
     if human:
         text = format_summary(snapshot)

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
-import zstandard
 
 from streamsend._exceptions import ConfigError
-from streamsend._formats import compression_of
+from streamsend._formats import compression_of, decompress_errors, zstd
 from streamsend._validate import normalise_phone
 
 PHONE_COLUMNS = ("to_msisdn", "to", "phone", "msisdn", "mobile", "number")
@@ -114,7 +113,12 @@ def load_suppression(paths: Sequence[str]) -> Suppression:
             unreadable += _read_numbers(path, digits)
         except OSError as exc:
             raise ConfigError(f"--suppress: can't read {path}: {exc.strerror or exc}") from None
-        except (zstandard.ZstdError, EOFError) as exc:
+        except Exception as exc:
+            # zstandard's error class is only known once a zstd file made us import it.
+            if not isinstance(
+                exc, (*decompress_errors("zstd"), *decompress_errors("gzip"), EOFError)
+            ):
+                raise
             raise ConfigError(f"--suppress: {path} is not valid compressed data: {exc}") from None
     return Suppression(NumberSet(digits), unreadable, tuple(paths))
 
@@ -129,7 +133,7 @@ def _read_numbers(path: str, out: array[int]) -> int:
         if compression == "gzip":
             file = gzip.GzipFile(fileobj=raw)
         elif compression == "zstd":
-            file = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            file = zstd().ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         chunks = _chunks(file)
         first = next(chunks, b"")
         first_line = first.lstrip(b"\xef\xbb\xbf \r\n").split(b"\n", 1)[0]

@@ -1,8 +1,8 @@
 """Campaigns end to end: `streamsend send` (a subprocess) against the emulator on loopback, with
 the input as people have it: a gzip'd CSV export with quoted fields and embedded newlines, a
 template, CSV sent by mistake as NDJSON, an opt-out list, duplicate rows, lines that must not
-be sent late, and a run killed and resumed. The emulator's ledger is what the service
-accepted."""
+be sent late, a run killed and resumed, and a job enqueued for workers in Redis. The
+emulator's ledger is what the service accepted."""
 
 from __future__ import annotations
 
@@ -12,14 +12,25 @@ import io
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from streamsend._campaign import Campaign
+from streamsend._collect import collect
+from streamsend._config import load_settings
+from streamsend._enqueue import enqueue
+from streamsend._redis_job import RedisJob
+from streamsend._source import read_inputs
+from streamsend._stats import RunStats
+from streamsend._types import ExitCode
+from streamsend._worker import Worker
 from streamsend.emulator import FaultConfig
 from streamsend.testing import API_KEY, V1_LIST, V2_LIST, EmulatorFactory, read_ledger
 from tests.conftest import (
+    RecordingLog,
     clean_env,
     emulator_subprocess,
     ledger_lines,
@@ -299,3 +310,41 @@ def test_dedupe_holds_across_resume_after_sigkill(tmp_path: Path) -> None:
             assert final[0]["duplicate_of"] == line - 600
         else:
             assert final[0]["status"] in ("queued", "unknown"), (line, seen)
+
+
+async def test_enqueue_applies_the_campaign_stage(
+    job: RedisJob, tmp_path: Path, emulator: EmulatorFactory
+) -> None:
+    """`enqueue` renders the template, and suppressed and duplicate lines get their outcomes in
+    the job at once: a worker sends only the rest, and the service holds only those."""
+    sender = f"pn_{uuid.uuid4().hex[:10]}"
+    emu = await emulator(v1_lists=(sender,))
+    rows = [
+        {"phone": "+14155550001", "name": "Ann"},
+        {"phone": "+14155550002", "name": "Bo"},  # suppressed
+        {"phone": "+14155550001", "name": "Ann"},  # duplicate of line 2
+        {"phone": "+14155550003", "name": "Cy"},
+    ]
+    campaign = _csv_gz(tmp_path / "export.csv.gz", rows)
+    optout = _write(tmp_path / "stop.txt", b"+14155550002\n")
+    settings = load_settings(
+        env={},
+        cli={
+            "sender": sender,
+            "base_url": emu.base_url,
+            "template": "Hi {name}",
+            "suppress": [optout],
+        },
+    )
+    loaded = Campaign.load(settings)
+    source = read_inputs([str(campaign)], columns=loaded.columns)
+    result = await enqueue(settings, job, source, campaign=loaded)
+    assert (result.added, result.invalid) == (2, 2)
+    worker = Worker(settings, job, api_key=API_KEY, log=RecordingLog(), stats=RunStats())
+    assert await worker.run() == ExitCode.OK
+    out = io.BytesIO()
+    await collect(job, out, follow=False)
+    status = {r["line"]: r["status"] for r in map(orjson.loads, out.getvalue().splitlines())}
+    assert status == {2: "queued", 3: "suppressed", 4: "duplicate", 5: "queued"}
+    ledger = sorted((r["to"], r["body"]) for r in read_ledger(emu.ledger_path))
+    assert ledger == [("+14155550001", "Hi Ann"), ("+14155550003", "Hi Cy")]
