@@ -33,6 +33,7 @@ from streamsend._exceptions import (
     SendError,
     map_transport_error,
 )
+from streamsend._expiry import Expiry
 from streamsend._lanes import Lane, Lanes
 from streamsend._models import Message
 from streamsend._protocol import Accepted, WireProtocol
@@ -139,6 +140,7 @@ class AttemptLoop:
         log: Logger,
         rng: random.Random,
         first_request: int,
+        expiry: Expiry | None = None,
     ) -> None:
         self.session: aiohttp.ClientSession | None = None  # set by the dispatcher
         self._protocol = protocol
@@ -157,6 +159,7 @@ class AttemptLoop:
         self._rng = rng
         self._next_request = first_request
         self._warned_deprecated = False
+        self._expiry = expiry
 
     async def deliver(self, lane: Lane, messages: tuple[Message, ...]) -> None:
         request = self._next_request
@@ -167,6 +170,7 @@ class AttemptLoop:
         journaled = False
         maybe_accepted = False  # some attempt may have been accepted (only with --resend-unknown)
         ctx = SimpleNamespace(transmitted=False)  # the current attempt's transmission flag
+        offered = messages
         try:
             while True:
                 await self._lanes.wait_for_turn(lane, len(messages))
@@ -189,7 +193,16 @@ class AttemptLoop:
                     return
                 attempts += 1
                 ctx = SimpleNamespace(transmitted=False)
-                async with self._lanes.request_slot(lane):
+                async with self._lanes.request_slot(lane) as epoch:
+                    # After the rate, a pause or a backoff, and the wait for a slot: a line past
+                    # its moment now must not leave (see _expiry).
+                    if self._expiry is not None and (late := self._expiry.late(messages)):
+                        recorder.expired(request, lane.sender, late, attempts - 1)
+                        gone = set(late)
+                        messages = tuple(m for m in messages if m not in gone)
+                        if not messages:
+                            break
+                        body = self._protocol.request_body(lane.sender, [m.wire for m in messages])
                     if not journaled:
                         recorder.started(request, messages)
                         # Journaled from here on: a cancellation during the fsync just below
@@ -214,6 +227,12 @@ class AttemptLoop:
                         self._stats.in_flight -= 1
                         latency = time.monotonic() - started
                 ctx = SimpleNamespace(transmitted=False)  # the attempt is over, one way or another
+                self._lanes.slots.observe(
+                    latency,
+                    answered=failure is None,
+                    back_pressure=_is_back_pressure(failure),
+                    epoch=epoch,
+                )
                 recorder.attempt(
                     request,
                     sender=lane.sender,
@@ -268,6 +287,9 @@ class AttemptLoop:
                     transmitted=maybe_accepted or ctx.transmitted,
                 )
             raise
+        finally:
+            if self._expiry is not None:
+                self._expiry.forget(offered)
         await recorder.finished(request)
 
     def _retry_delay(
@@ -423,6 +445,13 @@ def _is_outage(failure: SendError) -> bool:
     if failure.code == "tls_error":
         return False  # a certificate we don't trust: waiting won't fix it, --retries bound it
     return failure.status is None or failure.status >= 500
+
+
+def _is_back_pressure(failure: SendError | None) -> bool:
+    """The service said it is too busy (429, 503) or didn't answer in time: fewer in flight."""
+    if failure is None:
+        return False
+    return isinstance(failure, RateLimited) or failure.status == 503 or failure.code == "timeout"
 
 
 def _answer_code(failure: SendError | None) -> str:

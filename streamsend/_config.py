@@ -41,7 +41,8 @@ class Settings:
     sender: str | None = None  # --from: v1 from_phone_number_id / v2 list_number
     batch_size: int = 1000
     linger_ms: float = 250.0
-    concurrency: int = 8
+    concurrency: int | Literal["auto"] = "auto"  # auto: adapted to the service's answers
+    max_concurrency: int = 32  # the most requests in flight "auto" may reach
     # Messages per second per sender; None: unpaced (`--rate unlimited`). The default is the
     # service's own default send rate: faster, messages wait in its queue and go stale.
     rate: float | None = DEFAULT_RATE_PER_MIN / 60
@@ -71,9 +72,25 @@ class Settings:
     ref_column: str | None = None
     template: str | None = None
     template_file: str | None = None
+    # Which lines go (see _suppress, _dedupe, _expiry).
+    suppress: tuple[str, ...] = ()  # opt-out list files
+    dedupe: Literal["message", "recipient", "off"] = "message"
+    dedupe_window: int = 1 << 20  # distinct messages remembered at least
+    skip_sent: tuple[str, ...] = ()  # earlier runs' outcome files
+    expire_after: float | None = None  # seconds from reading a line
     # None: the proxy HTTPS_PROXY & co. name (see `_dispatch.proxy_for`); "": connect directly.
     proxy: str | None = None
     ca_bundle: str | None = None  # PEM CAs trusted besides the system's (a private CA)
+
+    @property
+    def fixed_concurrency(self) -> int | None:
+        """The number of requests in flight `concurrency` fixes; None when it adapts (auto)."""
+        return None if self.concurrency == "auto" else self.concurrency
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most requests that can ever be in flight at once."""
+        return self.max_concurrency if self.concurrency == "auto" else self.concurrency
 
     def rate_for(self, sender: str) -> float | None:
         return self.sender_rates.get(sender, self.rate)
@@ -175,6 +192,15 @@ def _rate(value: object) -> float | None:
     return parse_rate(value)
 
 
+def _concurrency(value: object) -> int | Literal["auto"]:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _int_in(1, 256)(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected auto or a whole number of requests") from None
+
+
 def _sender_rates(value: object) -> dict[str, float]:
     if not isinstance(value, Mapping):
         raise ValueError("expected a table of sender = rate")
@@ -201,6 +227,17 @@ def _proxy(value: object) -> str:
     return text
 
 
+def _paths(value: object) -> tuple[str, ...]:
+    """File names: a list (TOML, repeated flags) or one string, comma-separated (environment)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(p, str) for p in items):
+        raise ValueError("expected a list of file names")
+    paths = tuple(p.strip() for p in items if p.strip())
+    if not paths:
+        raise ValueError("expected at least one file name")
+    return paths
+
+
 def _url(value: object) -> str:
     text = _text(value)
     if not re.match(r"^https?://[^\s/]+", text):
@@ -221,7 +258,8 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "sender": _text,
     "batch_size": _int_in(1, 1000),
     "linger_ms": _ms_in(0, 60_000),
-    "concurrency": _int_in(1, 256),
+    "concurrency": _concurrency,
+    "max_concurrency": _int_in(1, 256),
     "rate": _rate,
     "sender_rates": _sender_rates,
     "timeout": _float_in(0.1, 600, duration=True),
@@ -248,6 +286,11 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "ref_column": _text,
     "template": _text,
     "template_file": _text,
+    "suppress": _paths,
+    "dedupe": _choice("message", "recipient", "off"),
+    "dedupe_window": _int_in(1, 1 << 30),
+    "skip_sent": _paths,
+    "expire_after": _float_in(0.001, 365 * 86400, duration=True),
     "proxy": _proxy,
     "ca_bundle": _text,
 }

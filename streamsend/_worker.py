@@ -112,14 +112,15 @@ class Worker:
                 base_url=settings.base_url,
                 api_version=api_version,
                 api_key=self._api_key,
-                concurrency=settings.concurrency,
+                concurrency=settings.fixed_concurrency,
+                max_concurrency=settings.max_concurrency,
                 timeout=settings.timeout,
                 retries=settings.retries,
                 resend_unknown=settings.resend_unknown,
                 backoff=Backoff(settings.backoff_base, settings.backoff_cap),
                 # Taken entries wait here under our lease: enough to keep every request slot
                 # busy, not so much that one worker hoards a job the others could share.
-                max_waiting_messages=settings.concurrency * settings.batch_size,
+                max_waiting_messages=settings.most_in_flight * settings.batch_size,
             ),
             sink=sink,
             journal=journal,
@@ -182,7 +183,10 @@ class Worker:
                 cap = self._limiter.batch_cap(sender)
                 # Hold no more than keeps every request slot busy (about 1.6 s of a paced
                 # number's rate): the other workers take the rest, and share the work.
-                await self._holdings.wait_below((self.settings.concurrency + 1) * cap)
+                # With adaptive concurrency, the slots there are now (the limit grows only when
+                # work waits for a slot, which the one extra batch provides).
+                slots = self.stats.concurrency_limit or self.settings.most_in_flight
+                await self._holdings.wait_below((slots + 1) * cap)
                 count = 2 * cap
                 flat = await until_reachable(
                     partial(job.take, stream, self.name, count), log, "take"

@@ -3,6 +3,7 @@
 Every request to `/api` goes through one path, in this order, which is the order the faults'
 semantics depend on:
 
+    0. beyond `max_in_flight` requests in flight (when set), answer 429 with Retry-After
     1. count it (its sequence number), check `X-Api-Key` (401s) before touching the body
     2. draw its fault and latency (seeded, in arrival order; see `_faults`)
     3. read the body, refusing more than 5,000,000 bytes (413), and decode it (400 invalid_json)
@@ -198,15 +199,29 @@ class EmulatorService:
     def _handler_for(
         self, endpoint: Endpoint
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        cap = self.config.max_in_flight
+
         async def handle(request: web.Request) -> web.StreamResponse:
             stats = self.stats
             sequence = stats.request_started()
             try:
+                if cap is not None and stats.in_flight > cap:
+                    return await self._over_in_flight_cap(request, endpoint)
                 return await self._serve(request, endpoint, sequence)
             finally:
                 stats.request_ended()
 
         return handle
+
+    async def _over_in_flight_cap(self, request: web.Request, endpoint: Endpoint) -> web.Response:
+        """429 before anything else (a gateway's answer): nothing is queued, the body is read
+        only so that the connection stays usable."""
+        await request.read()
+        self.stats.over_in_flight_cap += 1
+        headers = {**(_V1_HEADERS if endpoint.api == "v1" else {})}
+        headers["Retry-After"] = self.faults.retry_after_header
+        refusal = _Refusal(429, "too_many_in_flight", "Too many requests in flight, retry later")
+        return self._refuse(refusal, headers)
 
     async def _serve_stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats.snapshot()), content_type=_JSON)

@@ -107,6 +107,9 @@ class EmulatorConfig:
     # (a private CA, a proxy tunnelling with CONNECT) end to end.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Requests beyond this many in flight are answered 429 with Retry-After, as a gateway that
+    # caps concurrency would (None: no cap). For rehearsing adaptive concurrency.
+    max_in_flight: int | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
 
 
@@ -128,6 +131,8 @@ def check_config(config: EmulatorConfig) -> None:
             raise EmulatorConfigError(f"v2_lists: {number!r} is not an E.164 number")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise EmulatorConfigError("tls_cert and tls_key go together: give both to serve HTTPS")
+    if config.max_in_flight is not None and config.max_in_flight < 1:
+        raise EmulatorConfigError(f"max_in_flight: {config.max_in_flight} must be 1 or more")
     _check_rate("send_rate_per_min", config.send_rate_per_min)
     known = set(config.v1_lists) | set(config.v2_lists)
     for name, rate in config.list_rates_per_min.items():
