@@ -42,7 +42,7 @@ from benchmarks._scenarios import (
 
 BENCH_DIR = Path(__file__).resolve().parent
 STANDARD = ("loopback", "wan", "paced", "trickle", "capped", "startup")
-OPTIONAL = ("memory", "malloc", "profile")
+OPTIONAL = ("memory", "malloc", "profile", "scaleout")
 
 #: mode: (messages, wan messages, paced seconds, trickle lines, memory small, memory large,
 #: capped messages, start-up rounds)
@@ -67,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory", action="store_true", help="add the memory check")
     parser.add_argument("--malloc", action="store_true", help="add the malloc-env comparison")
     parser.add_argument("--profile", action="store_true", help="add the loopback profile")
+    parser.add_argument(
+        "--scaleout",
+        action="store_true",
+        help="add the Redis workers: one worker vs send, 3 workers on 3 numbers, 3 paced",
+    )
     parser.add_argument("--messages", type=int, help="messages on loopback (and malloc, profile)")
     parser.add_argument("--wan-messages", type=int, help="messages in the wan scenario")
     parser.add_argument("--runs", type=int, default=3, help="runs per tool and scenario (3)")
@@ -172,6 +177,10 @@ def run_benchmarks(plan: Plan, scenarios: list[str], results_dir: Path) -> dict[
             summary, records = startup(plan)
         elif name == "memory":
             summary, records = memory(plan)
+        elif name == "scaleout":
+            from benchmarks._scaleout import scaleout
+
+            summary, records = scaleout(plan, input_of(plan.messages), plan.messages), []
         elif name == "malloc":
             summary, records = malloc_env(plan, input_of(plan.messages), plan.messages)
         else:

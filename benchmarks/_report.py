@@ -145,7 +145,38 @@ def format_table(results: dict[str, Any]) -> str:
             f"(per round {_spread(ratio['throughput_ratio_per_round'])}), CPU per message "
             f"{_spread(ratio['cpu_ratio_per_round'])}×"
         )
+    if "scaleout" in scenarios:
+        out += _scaleout_table(scenarios["scaleout"])
     return "\n".join(out) + "\n"
+
+
+def _scaleout_table(scaleout: dict[str, Any]) -> list[str]:
+    send, worker, ratio = scaleout["send"], scaleout["worker"], scaleout["worker_vs_send"]
+    lines = [
+        f"\nscaleout: {scaleout['messages']:,} messages, {scaleout['runs']} rounds, "
+        f"interleaved; Redis {scaleout['redis']}",
+        f"  send           {_spread_k(send['messages_per_s'])} msgs/s, "
+        f"{_spread(send['cpu_us_per_message'])} µs/msg CPU",
+        f"  one worker     {_spread_k(worker['messages_per_s'])} msgs/s, "
+        f"{_spread(worker['cpu_us_per_message'])} µs/msg CPU, Redis "
+        f"{_spread(worker['redis_cpu_us_per_message'])} µs/msg",
+        f"  worker / send: {_x(ratio['throughput_ratio_of_medians'])} throughput (per round "
+        f"{_spread(ratio['throughput_ratio_per_round'])}; target {ratio['target']}×)",
+    ]
+    three = scaleout["three_numbers"]
+    lines.append(
+        f"  3 workers, 3 numbers: {three['messages_per_s']:,} msgs/s, "
+        f"{three['cpu_us_per_message']:.2f} µs/msg CPU (all workers), shares "
+        f"{three['worker_shares']}"
+    )
+    paced = scaleout["three_workers_paced"]
+    lines.append(
+        f"  3 workers, one number at --rate {paced['target_per_s']:,}/s: achieved "
+        f"{paced['achieved_per_s']:,.0f}/s ({paced['error_pct']:+.2f}%), worst 1 s window "
+        f"{paced['max_excess_batches']:+.2f} batches above; shares {paced['worker_shares']}"
+    )
+    lines += [f"  FAILED {failure}" for failure in scaleout["failures"]]
+    return lines
 
 
 def _capped_table(capped: dict[str, Any]) -> list[str]:

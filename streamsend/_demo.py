@@ -64,9 +64,31 @@ def demo_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--messages", type=int, default=50_000, help="good lines (default 50000)")
     parser.add_argument("--keep", metavar="DIR", help="keep the campaign and outcomes in DIR")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="scale-out instead: enqueue into the local Redis, run N workers, kill one mid-run",
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="with --workers: the Redis (default redis://127.0.0.1:6379)"
+    )
     args = parser.parse_args(list(argv))
     if args.messages < 1:
         parser.error("--messages must be at least 1")
+    if args.workers is not None:
+        if not 1 <= args.workers <= 32:
+            parser.error("--workers must be between 1 and 32")
+        from streamsend._demo_cluster import demo_cluster
+
+        return asyncio.run(
+            demo_cluster(
+                workers=args.workers,
+                messages=args.messages,
+                keep=args.keep,
+                redis_url=args.redis or os.environ.get("STREAMSEND_REDIS"),
+                write_campaign=write_campaign,
+            )
+        )
 
     from streamsend._run import send_campaign
 

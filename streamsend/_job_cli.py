@@ -21,6 +21,7 @@ import orjson
 
 from streamsend._config import Settings, load_api_key, load_settings
 from streamsend._exceptions import ConfigError
+from streamsend._formats import precheck_inputs
 from streamsend._types import ExitCode
 from streamsend._usage import OneLineParser
 
@@ -37,7 +38,25 @@ class SendCommand:
 
 
 #: `send` flags `enqueue` takes: what decides how a line is validated and encoded.
-INPUT_FLAGS = ("config", "api_version", "sender", "max_line_bytes", "log_level", "log_format")
+INPUT_FLAGS = (
+    "config",
+    "api_version",
+    "sender",
+    "max_line_bytes",
+    "log_level",
+    "log_format",
+    # The campaign stage runs at enqueue time (workers never see what it holds back).
+    "input_format",
+    "to_column",
+    "body_column",
+    "ref_column",
+    "template",
+    "template_file",
+    "suppress",
+    "dedupe",
+    "dedupe_window",
+    "skip_sent",
+)
 #: `send` flags `worker` takes: how messages are delivered.
 DELIVERY_FLAGS = (
     "config",
@@ -125,6 +144,7 @@ def enqueue_main(argv: Sequence[str], send: SendCommand) -> int:
     settings = _settings(args, INPUT_FLAGS)
     inputs = args.inputs or ["-"]
     send.check_inputs(inputs)
+    precheck_inputs(inputs, settings.input_format)
     if settings.sender is not None:
         from streamsend._validate import sender_problem
 
@@ -133,16 +153,26 @@ def enqueue_main(argv: Sequence[str], send: SendCommand) -> int:
             raise ConfigError(f"--from: {problem}")
 
     async def run() -> int:
+        from streamsend._campaign import Campaign
         from streamsend._enqueue import enqueue
         from streamsend._source import read_inputs
 
         log = _logger(settings)
+        campaign = Campaign.load(settings)
         async with _job(settings, args.job) as job:
-            source = read_inputs(inputs, max_line_bytes=settings.max_line_bytes)
-            result = await enqueue(settings, job, source, complete=not args.more, log=log)
+            source = read_inputs(
+                inputs,
+                max_line_bytes=settings.max_line_bytes,
+                input_format=settings.input_format,
+                columns=campaign.columns,
+            )
+            result = await enqueue(
+                settings, job, source, complete=not args.more, log=log, campaign=campaign
+            )
         print(
-            f"job {args.job}: {result.added} lines enqueued, {result.invalid} invalid "
-            f"(outcomes written), {result.already} already enqueued before",
+            f"job {args.job}: {result.added} lines enqueued, {result.invalid} not to be sent "
+            f"(invalid, suppressed, duplicate, expired: outcomes written), {result.already} "
+            "already enqueued before",
             file=sys.stderr,
         )
         return ExitCode.OK

@@ -302,3 +302,20 @@ async def test_cli_needs_a_redis_and_an_existing_job(redis_url: str) -> None:
     assert f"no job named {missing!r}".encode() in err
     assert b"Traceback" not in err
     require_redis(redis_url)
+
+
+async def test_fencing_check_holds_when_the_ids_range_has_more_of_our_entries(
+    job: RedisJob, tmp_path: Path
+) -> None:
+    """The ownership check reads the IDs' whole range at once; when that range holds more of
+    the worker's entries than the reply's limit, each ID is still judged right: the worker's own
+    pass, one another worker took is refused."""
+    sender = _sender()
+    await _enqueue_numbered(job, tmp_path, 300, sender)
+    stream = job.stream(sender)
+    ids = (await job.take(stream, "old", 300))[0::2]
+    assert len(ids) == 300
+    assert await job.start(stream, "old", 1, [ids[0], ids[-1]])
+    await job.client.execute_command("XCLAIM", stream, "workers", "new", 0, ids[-1])
+    assert not await job.start(stream, "old", 2, [ids[0], ids[-1]])
+    assert await job.renew(stream, "old", [ids[0], ids[150], ids[-1]]) == [ids[-1]]
