@@ -51,9 +51,12 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
         "--template",
         metavar="TEXT",
         help="the body, from each record's fields: 'Hi {first_name}, your code is {code}' "
-        "({{ and }} are literal braces; a missing or empty field makes the line invalid)",
+        "({{ and }} are literal braces; a missing or empty field makes the line invalid; "
+        "default: none, each record's own body)",
     )
-    p.add_argument("--template-file", metavar="PATH", help="read the template from a file")
+    p.add_argument(
+        "--template-file", metavar="PATH", help="read the template from a file (default: none)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,6 +181,14 @@ async def send_campaign(
             # configuration is a debug event (and `streamsend config show`).
             log.info("start", **_start_fields(settings, inputs, emulator=emulator))
             log.debug("config", **settings.redacted())
+            if settings.outcomes != "-" and settings.journal_path is None:
+                log.warning(
+                    "no_journal",
+                    outcomes=settings.outcomes,
+                    hint="the outcomes don't go to a regular file, so no journal is kept "
+                    "beside them and this run can't be resumed; --resume needs --outcomes "
+                    "PATH to a regular file (its journal is PATH.journal)",
+                )
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, run.pipeline.request_stop)
@@ -245,7 +253,9 @@ async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncI
         if settings.metrics_port is not None:
             from streamsend._metrics import serve_metrics
 
-            url = await stack.enter_async_context(serve_metrics(stats, port=settings.metrics_port))
+            url = await stack.enter_async_context(
+                serve_metrics(stats, host=settings.metrics_host, port=settings.metrics_port)
+            )
             log.info("metrics_listening", url=url)
         from streamsend._progress import ProgressEstimator, report_progress
 
