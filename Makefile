@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint bench bench-full clean
+.PHONY: venv demo demo-cluster test lint bench bench-full clean
 
 $(BIN)/streamsend: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(BIN)/streamsend
 ## demo: stream a sample campaign through the built-in emulator and print the summary
 demo: venv
 	$(BIN)/streamsend demo
+
+## demo-cluster: enqueue a sample into the local Redis, run 3 workers, kill one mid-run
+demo-cluster: venv
+	$(BIN)/streamsend demo --workers 3
 
 ## test: lint, then the whole test suite (what CI runs: .ci/run)
 test: lint

@@ -5,9 +5,9 @@
     python -m benchmarks --quick --memory --malloc --profile
     python -m benchmarks --scenarios loopback --messages 300000 --runs 5
 
-`latest.json` and `latest.png` are rewritten only by a run that covers the five standard
-scenarios (loopback, wan, paced, trickle, startup); any run's full figures, with raw latencies,
-go to `data/results-<time>.json`.
+`latest.json` and `latest.png` are rewritten only by a run that covers the six standard
+scenarios (loopback, wan, paced, trickle, capped, startup); any run's full figures, with raw
+latencies, go to `data/results-<time>.json`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from benchmarks._scenarios import (
     WAN_SPREAD_MS,
     Plan,
     RunRecord,
+    capped,
     malloc_env,
     memory,
     paced,
@@ -40,14 +41,14 @@ from benchmarks._scenarios import (
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
-STANDARD = ("loopback", "wan", "paced", "trickle", "startup")
-OPTIONAL = ("memory", "malloc", "profile")
+STANDARD = ("loopback", "wan", "paced", "trickle", "capped", "startup")
+OPTIONAL = ("memory", "malloc", "profile", "scaleout")
 
 #: mode: (messages, wan messages, paced seconds, trickle lines, memory small, memory large,
-#: start-up rounds)
+#: capped messages, start-up rounds)
 SIZES = {
-    "quick": (200_000, 100_000, 10.0, 40, 100_000, 1_000_000, 5),
-    "full": (1_000_000, 200_000, 11.0, 100, 500_000, 5_000_000, 11),
+    "quick": (200_000, 100_000, 10.0, 40, 100_000, 1_000_000, 400_000, 5),
+    "full": (1_000_000, 200_000, 11.0, 100, 500_000, 5_000_000, 1_000_000, 11),
 }
 
 
@@ -66,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory", action="store_true", help="add the memory check")
     parser.add_argument("--malloc", action="store_true", help="add the malloc-env comparison")
     parser.add_argument("--profile", action="store_true", help="add the loopback profile")
+    parser.add_argument(
+        "--scaleout",
+        action="store_true",
+        help="add the Redis workers: one worker vs send, 3 workers on 3 numbers, 3 paced",
+    )
     parser.add_argument("--messages", type=int, help="messages on loopback (and malloc, profile)")
     parser.add_argument("--wan-messages", type=int, help="messages in the wan scenario")
     parser.add_argument("--runs", type=int, default=3, help="runs per tool and scenario (3)")
@@ -77,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     mode = "quick" if args.quick else "full"
-    messages, wan, paced_s, trickle_lines, small, large, startup_runs = SIZES[mode]
+    messages, wan, paced_s, trickle_lines, small, large, capped_n, startup_runs = SIZES[mode]
     return Plan(
         mode=mode,
         data_dir=args.data_dir,
@@ -91,6 +97,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         trickle_linger_ms=100,
         memory_small=small,
         memory_large=large,
+        capped_messages=capped_n,
         startup_runs=startup_runs,
     )
 
@@ -118,7 +125,7 @@ def run_benchmarks(plan: Plan, scenarios: list[str], results_dir: Path) -> dict[
     plan.data_dir.mkdir(parents=True, exist_ok=True)
     commit = git("rev-parse", "HEAD")
     paced_messages = int(plan.paced_rate * plan.paced_seconds)
-    biggest = max(plan.messages, plan.wan_messages, paced_messages)
+    biggest = max(plan.messages, plan.wan_messages, paced_messages, plan.capped_messages)
     plan.log(f"generating {biggest:,} input lines in {plan.data_dir}")
     source = write_input(plan.data_dir / f"input-{biggest}.ndjson", biggest)
 
@@ -164,10 +171,16 @@ def run_benchmarks(plan: Plan, scenarios: list[str], results_dir: Path) -> dict[
             summary, records = paced(plan, input_of(paced_messages), paced_messages)
         elif name == "trickle":
             summary, records = trickle(plan)
+        elif name == "capped":
+            summary, records = capped(plan, input_of(plan.capped_messages), plan.capped_messages)
         elif name == "startup":
             summary, records = startup(plan)
         elif name == "memory":
             summary, records = memory(plan)
+        elif name == "scaleout":
+            from benchmarks._scaleout import scaleout
+
+            summary, records = scaleout(plan, input_of(plan.messages), plan.messages), []
         elif name == "malloc":
             summary, records = malloc_env(plan, input_of(plan.messages), plan.messages)
         else:

@@ -37,15 +37,21 @@ class EmulatorProcess:
         latency_ms: float | None = None,
         latency_spread_ms: float | None = None,
         ledger: Path | None = None,
+        extra_lists: tuple[str, ...] = (),
+        max_in_flight: int | None = None,
     ) -> None:
         self.log_path = log_path
         self.ledger = ledger
         self._argv = [sys.executable, "-m", "streamsend", "emulator", "--port", "0"]
         self._argv += ["--list", SENDER, "--send-rate", "1000000000/min"]
+        for name in extra_lists:
+            self._argv += ["--list", name]
         if latency_ms is not None:
             self._argv += ["--latency-ms", str(latency_ms)]
         if latency_spread_ms is not None:
             self._argv += ["--latency-spread-ms", str(latency_spread_ms)]
+        if max_in_flight is not None:
+            self._argv += ["--max-in-flight", str(max_in_flight)]
         if ledger is not None:
             ledger.unlink(missing_ok=True)
             self._argv += ["--ledger", str(ledger)]

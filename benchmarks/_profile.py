@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks._emulator import EmulatorProcess
 from benchmarks._scenarios import REPO_ROOT, Plan, run_once
-from benchmarks._tools import streamsend_command
+from benchmarks._tools import UNPACED, streamsend_command
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 TOP = 15
@@ -177,7 +177,7 @@ def profile_loopback(
 
         def command(outcomes: Path, stats: Path) -> list[str]:
             send = streamsend_command(
-                str(input_path), base_url=emulator.base_url, outcomes=outcomes
+                str(input_path), base_url=emulator.base_url, outcomes=outcomes, extra=UNPACED
             )
             if py_spy is not None:
                 sample = [py_spy, "record", "--rate", str(PY_SPY_RATE), "--native"]

@@ -116,6 +116,8 @@ def format_table(results: dict[str, Any]) -> str:
             + ("-" if share is None else f"{share:.1%}")
         )
         out += [f"  FAILED {failure}" for failure in trickle["failures"]]
+    if "capped" in scenarios:
+        out += _capped_table(scenarios["capped"])
     if "startup" in scenarios:
         out += _startup_table(scenarios["startup"])
     if "memory" in scenarios:
@@ -143,7 +145,63 @@ def format_table(results: dict[str, Any]) -> str:
             f"(per round {_spread(ratio['throughput_ratio_per_round'])}), CPU per message "
             f"{_spread(ratio['cpu_ratio_per_round'])}×"
         )
+    if "scaleout" in scenarios:
+        out += _scaleout_table(scenarios["scaleout"])
     return "\n".join(out) + "\n"
+
+
+def _scaleout_table(scaleout: dict[str, Any]) -> list[str]:
+    send, worker, ratio = scaleout["send"], scaleout["worker"], scaleout["worker_vs_send"]
+    lines = [
+        f"\nscaleout: {scaleout['messages']:,} messages, {scaleout['runs']} rounds, "
+        f"interleaved; Redis {scaleout['redis']}",
+        f"  send           {_spread_k(send['messages_per_s'])} msgs/s, "
+        f"{_spread(send['cpu_us_per_message'])} µs/msg CPU",
+        f"  one worker     {_spread_k(worker['messages_per_s'])} msgs/s, "
+        f"{_spread(worker['cpu_us_per_message'])} µs/msg CPU, Redis "
+        f"{_spread(worker['redis_cpu_us_per_message'])} µs/msg",
+        f"  worker / send: {_x(ratio['throughput_ratio_of_medians'])} throughput (per round "
+        f"{_spread(ratio['throughput_ratio_per_round'])}; target {ratio['target']}×)",
+    ]
+    three = scaleout["three_numbers"]
+    lines.append(
+        f"  3 workers, 3 numbers: {three['messages_per_s']:,} msgs/s, "
+        f"{three['cpu_us_per_message']:.2f} µs/msg CPU (all workers), shares "
+        f"{three['worker_shares']}"
+    )
+    paced = scaleout["three_workers_paced"]
+    lines.append(
+        f"  3 workers, one number at --rate {paced['target_per_s']:,}/s: achieved "
+        f"{paced['achieved_per_s']:,.0f}/s ({paced['error_pct']:+.2f}%), worst 1 s window "
+        f"{paced['max_excess_batches']:+.2f} batches above; shares {paced['worker_shares']}"
+    )
+    lines += [f"  FAILED {failure}" for failure in scaleout["failures"]]
+    return lines
+
+
+def _capped_table(capped: dict[str, Any]) -> list[str]:
+    out = [
+        f"\ncapped: emulator --max-in-flight {capped['max_in_flight']} at "
+        f"{capped['latency_ms']:.0f} ms a request, {capped['messages']:,} messages, "
+        f"{capped['runs_per_tool']} runs per tool, interleaved; targets after the first "
+        f"{capped['settle_s']:g} s: < 1% of requests 429, >= 85% of the 4-in-flight client",
+        f"  {'tool':<18} {'msgs/s median [min–max]':<26} {'steady msgs/s':<26} 429 share after",
+    ]
+    for tool, figures in capped["tools"].items():
+        share = figures.get("refused_share_after_settle")
+        out.append(
+            f"  {tool:<18} {_spread_k(figures['messages_per_s']):<26} "
+            f"{_spread_k(figures.get('steady_messages_per_s')):<26} "
+            + ("-" if not share else f"{share['median']:.2%} [max {share['max']:.2%}]")
+        )
+        out += [f"  {'':<18} FAILED {failure}" for failure in figures["failures"]]
+    ratio = capped["streamsend_vs_minimal_4"]
+    out.append(
+        f"  streamsend / minimal_asyncio_4: {_x(ratio['throughput_ratio_of_medians'])} whole run "
+        f"(per round {_spread(ratio['throughput_ratio_per_round'])}), "
+        f"{_x(capped['steady_ratio_of_medians'])} after the first {capped['settle_s']:g} s"
+    )
+    return out
 
 
 def _startup_table(startup: dict[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@
 - `trickle`: lines written to streamsend's stdin one at a time; ledger arrival minus write time.
 - `memory`: streamsend's peak RSS on a small and a 10× larger input.
 - `malloc`: streamsend with and without glibc heap-trimming tuned through the environment.
+- `capped`: adaptive concurrency against `--max-in-flight 4` at 100 ms, vs 4 held in flight.
 - `startup`: CPU and wall time of `streamsend --help` and of a one-line `send`, with baselines.
 
 Throughput scenarios run the tools interleaved (A B C A B C ...) on the same input against the
@@ -18,6 +19,7 @@ checked (see `_tools`) before it counts.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -34,6 +36,7 @@ from benchmarks._inputs import message_line, write_head, write_input
 from benchmarks._process import Feeder, run_measured, wait_for_text
 from benchmarks._tools import (
     LATENCY_SOURCES,
+    UNPACED,
     Tool,
     check_run,
     remove_run_files,
@@ -65,6 +68,7 @@ class Plan:
     trickle_linger_ms: int
     memory_small: int
     memory_large: int
+    capped_messages: int = 400_000
     startup_runs: int = 5
     timeout_s: float = 900.0
     log: Callable[[str], None] = print
@@ -483,7 +487,7 @@ def trickle(plan: Plan) -> tuple[dict[str, Any], list[RunRecord]]:
                 round_=round_,
                 messages=lines,
                 command=_streamsend_builder(
-                    "-", emulator.base_url, ["--linger-ms", str(linger_ms)]
+                    "-", emulator.base_url, [*UNPACED, "--linger-ms", str(linger_ms)]
                 ),
                 feed=_trickle_feeder(plan, log_path, written_at),
             )
@@ -585,7 +589,7 @@ def memory(plan: Plan) -> tuple[dict[str, Any], list[RunRecord]]:
                     tool=f"streamsend-{size}",
                     round_=1,
                     messages=size,
-                    command=_streamsend_builder(str(path), emulator.base_url, []),
+                    command=_streamsend_builder(str(path), emulator.base_url, UNPACED),
                 )
                 records.append(record)
                 plan.log(f"[memory] {size:>10,} lines {_describe(record)}")
@@ -616,7 +620,7 @@ def malloc_env(
     records: list[RunRecord] = []
     with EmulatorProcess(plan.data_dir / "emulator-malloc.log") as emulator:
         plan.log(f"[malloc] {messages:,} messages, env {MALLOC_ENV}")
-        build = _streamsend_builder(str(input_path), emulator.base_url, [])
+        build = _streamsend_builder(str(input_path), emulator.base_url, UNPACED)
         for round_ in range(1, plan.runs + 1):
             for variant, env in variants.items():
                 record = run_once(
@@ -762,3 +766,125 @@ def _startup_describe(row: dict[str, Any]) -> str:
     if first:
         text += f", first request at {first['median']:.3f} s"
     return text
+
+
+# -- capped: adaptive concurrency against a service that caps requests in flight ---------------
+
+CAPPED_IN_FLIGHT = 4
+CAPPED_LATENCY_MS = 100.0
+#: Issue 12's bar: after the first 5 s, < 1% of requests 429 and >= 85% of a plain client's
+#: throughput holding exactly the cap in flight.
+CAPPED_SETTLE_S = 5.0
+
+
+def capped(plan: Plan, input_path: Path, messages: int) -> tuple[dict[str, Any], list[RunRecord]]:
+    """streamsend with its defaults (adaptive concurrency), unpaced, against `--max-in-flight 4` and
+    100 ms a request, interleaved with the minimal client holding exactly 4 in flight."""
+    records: list[RunRecord] = []
+    tools: dict[str, Callable[[str], Callable[[Path, Path], list[str]]]] = {
+        Tool.STREAMSEND.value: lambda url: _streamsend_builder(str(input_path), url, UNPACED),
+        "minimal_asyncio_4": lambda url: _minimal_in_flight(input_path, url, CAPPED_IN_FLIGHT),
+    }
+    with EmulatorProcess(
+        plan.data_dir / "emulator-capped.log",
+        latency_ms=CAPPED_LATENCY_MS,
+        ledger=plan.data_dir / "ledger-capped.ndjson",
+        max_in_flight=CAPPED_IN_FLIGHT,
+    ) as emulator:
+        plan.log(f"[capped] {messages:,} messages, emulator: {emulator.command}")
+        for round_ in range(1, plan.runs + 1):
+            for tool, build in tools.items():
+                offset = emulator.ledger_size()
+                refused_before = emulator.stats()["over_in_flight_cap"]
+                spawned = time.time()
+                record = run_once(
+                    plan,
+                    emulator,
+                    scenario="capped",
+                    tool=tool,
+                    round_=round_,
+                    messages=messages,
+                    command=build(emulator.base_url),
+                )
+                refused = emulator.stats()["over_in_flight_cap"] - refused_before
+                if record.ok:
+                    arrivals = analysis.arrivals_from_ledger(emulator.ledger_since(offset))
+                    log = plan.data_dir / "runs" / f"capped-{tool}-{round_}.log"
+                    record.extra = _capped_figures(arrivals, spawned, refused, log)
+                plan.log(f"[capped] run {round_} {tool:<18} {_describe(record)} {record.extra}")
+                records.append(record)
+    figures = {tool: summarise_tool(records, tool) for tool in tools}
+    for tool, summary in figures.items():
+        ok = [r for r in records if r.tool == tool and r.ok]
+        for key in ("steady_messages_per_s", "refused_share_after_settle"):
+            values = [r.extra[key] for r in ok if r.extra.get(key) is not None]
+            summary[key] = _rounded(analysis.spread(values), 4)
+    return {
+        "messages": messages,
+        "runs_per_tool": plan.runs,
+        "max_in_flight": CAPPED_IN_FLIGHT,
+        "latency_ms": CAPPED_LATENCY_MS,
+        "settle_s": CAPPED_SETTLE_S,
+        "tools": figures,
+        "streamsend_vs_minimal_4": compare(records, Tool.STREAMSEND.value, "minimal_asyncio_4"),
+        "steady_ratio_of_medians": _ratio(
+            figures[Tool.STREAMSEND.value].get("steady_messages_per_s"),
+            figures["minimal_asyncio_4"].get("steady_messages_per_s"),
+        ),
+        "method": (
+            "whole run: messages / wall time; steady: messages arriving after the first "
+            f"{CAPPED_SETTLE_S:g} s (from spawning) / (last arrival - that moment), from the "
+            "ledger; refused share: 429s streamsend logged after that moment / requests it made "
+            "then"
+        ),
+    }, records
+
+
+def _minimal_in_flight(
+    input_path: Path, base_url: str, in_flight: int
+) -> Callable[[Path, Path], list[str]]:
+    def build(outcomes: Path, stats: Path) -> list[str]:
+        command = tool_command(
+            Tool.MINIMAL_ASYNCIO, input_path, base_url=base_url, outcomes=outcomes, stats=stats
+        )
+        return [*command, "--in-flight", str(in_flight)]
+
+    return build
+
+
+def _capped_figures(
+    arrivals: Sequence[analysis.Arrival], spawned: float, refused: int, log: Path
+) -> dict[str, Any]:
+    settled = spawned + CAPPED_SETTLE_S
+    late = [a for a in arrivals if a.t >= settled]
+    steady = None
+    if len(late) >= 2 and late[-1].t > settled:
+        steady = sum(a.messages for a in late) / (late[-1].t - settled)
+    # streamsend logs each 429 (`rate_limited`) with a timestamp; the minimal client retries
+    # nothing and would fail its run on a 429, so its refusals are the emulator's count.
+    refused_late = _logged_429s_after(log, settled) if log.exists() else None
+    share = None
+    if refused_late is not None and late:
+        share = refused_late / (len(late) + refused_late)
+    return {
+        "requests": len(arrivals),
+        "refused_429": refused,
+        "steady_messages_per_s": None if steady is None else round(steady),
+        "refused_after_settle": refused_late,
+        "refused_share_after_settle": None if share is None else round(share, 4),
+    }
+
+
+def _logged_429s_after(log: Path, after: float) -> int:
+    count = 0
+    for line in log.read_bytes().splitlines():
+        if b'"rate_limited"' not in line:
+            continue
+        stamp = json.loads(line).get("timestamp", "")
+        when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        count += when >= after
+    return count
+
+
+def _ratio(mine: dict[str, float] | None, theirs: dict[str, float] | None) -> float | None:
+    return round(mine["median"] / theirs["median"], 3) if mine and theirs else None

@@ -3,8 +3,9 @@
 Promises:
 - A request is journaled (and, with the fsync policy, on disk) before its first byte leaves.
 - Its lines are sent again only when the service proved it did not accept them (see
-  `_protocol`): a 429 pauses the whole sending number, other "not sent" answers back off with
-  full jitter; "maybe sent" ends as `unknown` unless the user opted into --resend-unknown.
+  `_protocol.ANSWERS`): a 429 or 503 pauses the whole sending number, other "not sent" failures
+  back off with full jitter; "maybe sent" (a 500/502/504 included) ends as `unknown` unless the
+  user opted into --resend-unknown.
 - Every request ends in exactly one of: outcomes for all its lines (then `done`), `unsent` in the
   journal (it certainly never left: --resume sends it), or `unknown` outcomes when a shutdown cut
   it short after it may have left.
@@ -24,6 +25,7 @@ import aiohttp
 
 from streamsend._exceptions import (
     FatalServiceError,
+    LeaseLost,
     MaybeSent,
     NotSent,
     RateLimited,
@@ -31,6 +33,7 @@ from streamsend._exceptions import (
     SendError,
     map_transport_error,
 )
+from streamsend._expiry import Expiry
 from streamsend._lanes import Lane, Lanes
 from streamsend._models import Message
 from streamsend._protocol import Accepted, WireProtocol
@@ -122,6 +125,7 @@ class AttemptLoop:
         log: Logger,
         rng: random.Random,
         first_request: int,
+        expiry: Expiry | None = None,
     ) -> None:
         self.session: aiohttp.ClientSession | None = None  # set by the dispatcher
         self._protocol = protocol
@@ -139,6 +143,7 @@ class AttemptLoop:
         self._rng = rng
         self._next_request = first_request
         self._warned_deprecated = False
+        self._expiry = expiry
 
     async def deliver(self, lane: Lane, messages: tuple[Message, ...]) -> None:
         request = self._next_request
@@ -149,6 +154,7 @@ class AttemptLoop:
         journaled = False
         maybe_accepted = False  # some attempt may have been accepted (only with --resend-unknown)
         ctx = SimpleNamespace(transmitted=False)  # the current attempt's transmission flag
+        offered = messages
         try:
             while True:
                 await self._lanes.wait_for_turn(lane, len(messages))
@@ -171,14 +177,28 @@ class AttemptLoop:
                     return
                 attempts += 1
                 ctx = SimpleNamespace(transmitted=False)
-                async with self._lanes.request_slot(lane):
+                async with self._lanes.request_slot(lane) as epoch:
+                    # After the rate, a pause or a backoff, and the wait for a slot: a line past
+                    # its moment now must not leave (see _expiry).
+                    if self._expiry is not None and (late := self._expiry.late(messages)):
+                        recorder.expired(request, lane.sender, late, attempts - 1)
+                        gone = set(late)
+                        messages = tuple(m for m in messages if m not in gone)
+                        if not messages:
+                            break
+                        body = self._protocol.request_body(lane.sender, [m.wire for m in messages])
                     if not journaled:
                         recorder.started(request, messages)
                         # Journaled from here on: a cancellation during the fsync just below
                         # must still record the request `unsent` (see the CancelledError
                         # handler), or resume would take its lines for in flight.
                         journaled = True
-                        await recorder.sync_started()
+                        try:
+                            await recorder.sync_started()
+                        except LeaseLost:
+                            # A worker's entries went to another worker (fencing, see
+                            # _redis_seams): that one sends them; this request never leaves.
+                            return
                     self._stats.in_flight += 1
                     started = time.monotonic()
                     try:
@@ -191,6 +211,12 @@ class AttemptLoop:
                         self._stats.in_flight -= 1
                         latency = time.monotonic() - started
                 ctx = SimpleNamespace(transmitted=False)  # the attempt is over, one way or another
+                self._lanes.slots.observe(
+                    latency,
+                    answered=failure is None,
+                    back_pressure=_is_back_pressure(failure),
+                    epoch=epoch,
+                )
                 recorder.attempt(
                     request,
                     sender=lane.sender,
@@ -243,6 +269,9 @@ class AttemptLoop:
                     transmitted=maybe_accepted or ctx.transmitted,
                 )
             raise
+        finally:
+            if self._expiry is not None:
+                self._expiry.forget(offered)
         await recorder.finished(request)
 
     def _retry_delay(
@@ -255,14 +284,15 @@ class AttemptLoop:
         if attempts > self._retries:
             return None
         if isinstance(failure, RateLimited):
-            # Pause the whole lane, not just this request: the service says this number is busy.
+            # Pause the whole lane, not just this request: the service says this number is busy
+            # (429) or that it can't take requests now (503).
             delay = failure.retry_after
             if delay is None:
                 delay = self._backoff.delay(attempts - 1, self._rng)
             lane.pause(delay)
             self._stats.retries += 1
             self._log.warning(
-                "rate_limited",
+                "rate_limited" if failure.status == 429 else "service_unavailable",
                 sender=lane.sender,
                 request=request,
                 retry_after=delay,
@@ -328,6 +358,13 @@ class AttemptLoop:
             x_api_deprecated=response.headers.get("X-API-Deprecated"),
             hint=hint,
         )
+
+
+def _is_back_pressure(failure: SendError | None) -> bool:
+    """The service said it is too busy (429, 503) or didn't answer in time: fewer in flight."""
+    if failure is None:
+        return False
+    return isinstance(failure, RateLimited) or failure.status == 503 or failure.code == "timeout"
 
 
 def _answer_code(failure: SendError | None) -> str:

@@ -28,12 +28,25 @@ from typing import BinaryIO
 
 import orjson
 
-from streamsend._campaign import INPUT_SETTINGS, Campaign, add_input_arguments
+from streamsend._campaign import (
+    INPUT_SETTINGS,
+    SORTING_SETTINGS,
+    Campaign,
+    add_input_arguments,
+    add_sorting_arguments,
+)
 from streamsend._config import load_settings
 from streamsend._csv_source import CsvColumns
 from streamsend._exceptions import ConfigError, InputError, StreamsendError
 from streamsend._formats import InputFormat, precheck_inputs
 from streamsend._models import Encoding, Message
+from streamsend._pacing import (
+    DEFAULT_RATE,
+    DEFAULT_RATE_PER_MIN,
+    UNLIMITED,
+    format_rate,
+    parse_rate,
+)
 from streamsend._source import DEFAULT_MAX_LINE_BYTES, read_inputs
 from streamsend._types import ApiVersion, ExitCode
 from streamsend._usage import OneLineParser, add_setting_arguments, setting_values
@@ -68,8 +81,12 @@ class CheckSummary:
     duplicate_lines: tuple[tuple[str, ...], ...] = ()
     sender_checked: bool = True  # False when v1 ran without --from (see V1_PLACEHOLDER_SENDER)
     inputs: tuple[str, ...] = field(default=())
+    # The most valid messages any one sending number has: pacing is per sending number, so
+    # this one sets how long the campaign takes.
+    busiest_sender_messages: int = 0
     segment_spread: dict[int, int] = field(default_factory=dict)  # segments -> messages
     samples: tuple[str, ...] = ()  # the first few rendered bodies (with a template)
+    held_back: dict[str, int] = field(default_factory=dict)  # suppressed/duplicate/expired lines
 
     @property
     def invalid(self) -> int:
@@ -77,7 +94,13 @@ class CheckSummary:
 
     @property
     def lines(self) -> int:
-        return self.valid + self.invalid
+        return self.valid + self.invalid + sum(self.held_back.values())
+
+    def duration_at(self, rate_per_s: float | None) -> float | None:
+        """Seconds the campaign takes paced at `rate_per_s` per sending number (None: unpaced)."""
+        if rate_per_s is None:
+            return None
+        return self.busiest_sender_messages / rate_per_s
 
     def estimated_cost(self, price_per_segment: Decimal | int | str) -> Decimal:
         """The cost of sending the valid messages at `price_per_segment` per segment.
@@ -86,7 +109,9 @@ class CheckSummary:
         """
         return Decimal(price_per_segment) * self.segments
 
-    def to_dict(self, price_per_segment: Decimal | None = None) -> dict[str, object]:
+    def to_dict(
+        self, price_per_segment: Decimal | None = None, rate_per_s: float | None = None
+    ) -> dict[str, object]:
         """The summary as JSON-ready fields (what `--summary-json` writes)."""
         record: dict[str, object] = {
             "lines": self.lines,
@@ -100,8 +125,11 @@ class CheckSummary:
             "duplicate_examples": list(self.duplicate_examples),
             "duplicate_lines": [list(lines) for lines in self.duplicate_lines],
             "sender_checked": self.sender_checked,
+            "rate": format_rate(rate_per_s),
+            "estimated_seconds": self.duration_at(rate_per_s),
             "segment_spread": {str(k): v for k, v in sorted(self.segment_spread.items())},
             "samples": list(self.samples),
+            "held_back": dict(sorted(self.held_back.items())),
         }
         if price_per_segment is not None:
             # A string keeps every digit; a JSON float would round 0.1 + 0.2 the float way.
@@ -119,6 +147,7 @@ async def check_inputs(
     out: BinaryIO,
     input_format: InputFormat | None = None,
     columns: CsvColumns | None = None,
+    campaign: Campaign | None = None,
 ) -> CheckSummary:
     """Validate every line of `inputs`, write one NDJSON record per non-blank line to `out`.
 
@@ -138,10 +167,14 @@ async def check_inputs(
     extra: dict[str, int] = {}  # number -> messages beyond its first
     again_at: dict[str, list[int]] = {}  # number -> where the first few extra messages are
     source_index: dict[str, int] = {}
+    by_sender: dict[str, int] = {}
     too_long = f"the line is longer than {max_line_bytes} bytes"
     dumps = orjson.dumps
 
     spread: dict[int, int] = {}
+    held_back: dict[str, int] = {}  # suppressed, duplicate, expired
+    sorting = campaign if campaign is not None and campaign.sorts_out else None
+    record: dict[str, object]
     samples: list[str] = []
     want_samples = columns is not None and columns.template is not None
     blocks = read_inputs(
@@ -160,6 +193,26 @@ async def check_inputs(
                 (code, error), ref_json = refused[number], b""
             else:
                 result = validator.validate(source, number, raw)
+                if isinstance(result, Message) and sorting is not None:
+                    settled = sorting.sort_out([result], block)
+                    sorting.expiry.forget([result])  # nothing is sent: no attempt checks it
+                    if settled:
+                        held = settled[0]
+                        held_back[held.status.value] = held_back.get(held.status.value, 0) + 1
+                        record = {
+                            "line": number,
+                            "source": source,
+                            "status": held.status.value,
+                            "code": held.code,
+                            "error": held.error,
+                            "to_msisdn": held.to_msisdn,
+                        }
+                        if held.duplicate_of is not None:
+                            record["duplicate_of"] = held.duplicate_of
+                        if held.ref_json:
+                            record["ref"] = orjson.Fragment(held.ref_json)
+                        records.append(dumps(record))
+                        continue
                 if isinstance(result, Message):
                     valid += 1
                     segments += result.segments
@@ -168,6 +221,7 @@ async def check_inputs(
                         samples.append(orjson.loads(raw)["body"])
                     if result.encoding is Encoding.GSM7:
                         gsm7 += 1
+                    by_sender[result.sender] = by_sender.get(result.sender, 0) + 1
                     to = result.to
                     at = source_index.setdefault(source, len(source_index)) << 40 | number
                     if to in first_at:
@@ -177,7 +231,7 @@ async def check_inputs(
                             later.append(at)
                     else:
                         first_at[to] = at
-                    record: dict[str, object] = {
+                    record = {
                         "line": number,
                         "source": source,
                         "status": "valid",
@@ -234,15 +288,26 @@ async def check_inputs(
         duplicate_lines=duplicate_lines,
         sender_checked=sender_checked,
         inputs=tuple(inputs),
+        busiest_sender_messages=max(by_sender.values(), default=0),
         segment_spread=spread,
         samples=tuple(samples),
+        held_back=held_back,
     )
 
 
-def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | None = None) -> str:
+def format_check_summary(
+    summary: CheckSummary,
+    price_per_segment: Decimal | None = None,
+    rate_per_s: float | None = DEFAULT_RATE_PER_MIN / 60,
+) -> str:
     """The human summary `streamsend check` prints on stderr (no trailing newline)."""
     counts = f"{summary.valid:,} valid, {summary.invalid:,} invalid"
     lines = [f"checked {_count(summary.lines, 'line')}: {counts}"]
+    if summary.held_back:
+        lines.append(
+            "  not sent: "
+            + " · ".join(f"{status} {n:,}" for status, n in sorted(summary.held_back.items()))
+        )
     if summary.invalid_by_code:
         by_code = sorted(summary.invalid_by_code.items(), key=lambda item: (-item[1], item[0]))
         lines.append("  invalid: " + " · ".join(f"{code} {n:,}" for code, n in by_code))
@@ -274,6 +339,18 @@ def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | Non
         lines.append(
             f"  estimated cost: {summary.segments:,} segments at {price_per_segment} = {cost}"
         )
+    seconds = summary.duration_at(rate_per_s)
+    if seconds is None:
+        lines.append(
+            f"  rate unlimited: not paced; the service drains {DEFAULT_RATE} per sending list "
+            "and drops what waits in its queue over 30 min"
+        )
+    else:
+        lines.append(
+            f"  duration at {format_rate(rate_per_s)} per sending number: about "
+            f"{_duration(seconds)} ({_count(summary.busiest_sender_messages, 'message')} "
+            "from the busiest)"
+        )
     lines.extend(f"  sample: {sample!r}" for sample in summary.samples)
     if not summary.sender_checked:
         lines.append("  note: no --from given, so the sending number was not checked")
@@ -282,6 +359,14 @@ def format_check_summary(summary: CheckSummary, price_per_segment: Decimal | Non
 
 def _duplicate_example(number: str, where: tuple[str, ...]) -> str:
     return f"{number} on lines {', '.join(where)}" if where else number
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else "under a second"
+    minutes = round(seconds / 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
 def _count(n: int, noun: str) -> str:
@@ -294,7 +379,8 @@ Validate a campaign without sending anything. Each non-blank line is checked exa
   {"line", "source", "status": "valid"|"invalid", "code" and "error" (invalid),
    "to_msisdn" (normalised, valid), "segments", "encoding": "gsm7"|"ucs2" (valid), "ref"}
 A summary goes to stderr: invalid lines by code, total segments, GSM-7 vs UCS-2 messages,
-recipients who would get more than one message, and the cost with --price-per-segment.
+recipients who would get more than one message, how long sending takes at --rate, and the
+cost with --price-per-segment.
 
 Sending number: with --from, it is checked as send would check it. Without it, v1 lines are
 checked for everything but the sender (any from_phone_number_id is well-formed, and only the
@@ -316,6 +402,15 @@ def _price(text: str) -> Decimal:
     return value
 
 
+def _rate(text: str) -> float | None:
+    if text == UNLIMITED:
+        return None
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="streamsend check",
@@ -330,6 +425,7 @@ def _parser() -> argparse.ArgumentParser:
         help="NDJSON, CSV or TSV files (gzip/zstd too) to check; '-' or none reads stdin",
     )
     add_input_arguments(parser)
+    add_sorting_arguments(parser)
     # The same flags, STREAMSEND_* variables and config file as `send`: a campaign checked
     # for v2 in the config is checked as v2.
     add_setting_arguments(parser, "config", "api_version", "sender", "max_line_bytes")
@@ -338,6 +434,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_price,
         metavar="PRICE",
         help="price of one SMS segment, to estimate the campaign's cost (e.g. 0.0075)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_rate,
+        default=DEFAULT_RATE_PER_MIN / 60,
+        metavar="RATE",
+        help=f"the send rate per sending number, as for send (default {DEFAULT_RATE}; "
+        "unlimited): how long the campaign takes",
     )
     parser.add_argument(
         "--output",
@@ -371,7 +475,9 @@ def check_main(argv: list[str]) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return ExitCode.NOT_ALL_QUEUED
     # 1, as for `send`: the campaign would not be queued whole.
-    return ExitCode.OK if summary.invalid == 0 else ExitCode.NOT_ALL_QUEUED
+    # Suppressed and duplicate lines are deliberate non-sends; an expired one should have gone.
+    fine = summary.invalid == 0 and not summary.held_back.get("expired")
+    return ExitCode.OK if fine else ExitCode.NOT_ALL_QUEUED
 
 
 def _run_check(args: argparse.Namespace) -> CheckSummary:
@@ -379,7 +485,7 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
         config_path=args.config,
         cli={
             **setting_values(args, ("api_version", "sender", "max_line_bytes")),
-            **{name: getattr(args, name) for name in INPUT_SETTINGS},
+            **{name: getattr(args, name) for name in (*INPUT_SETTINGS, *SORTING_SETTINGS)},
         },
     )
     if settings.sender is not None:
@@ -396,7 +502,9 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
         if os.path.isdir(path) or not os.access(path, os.R_OK):
             raise InputError(f"can't open input {path!r}: not a readable file")
     precheck_inputs(args.inputs, settings.input_format)
-    columns = Campaign.load(settings).columns
+    # The same campaign options and defaults as `send` (the flags' checks name the flag).
+    campaign = Campaign.load(settings)
+    columns = campaign.columns
     with ExitStack() as stack:
         out = (
             sys.stdout.buffer
@@ -417,12 +525,14 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
                 out=out,
                 input_format=settings.input_format,
                 columns=columns,
+                campaign=campaign,
             )
         )
         out.flush()
-        print(format_check_summary(summary, args.price_per_segment), file=sys.stderr)
+        print(format_check_summary(summary, args.price_per_segment, args.rate), file=sys.stderr)
         if summary_file is not None:
-            summary_file.write(orjson.dumps(summary.to_dict(args.price_per_segment)) + b"\n")
+            record = summary.to_dict(args.price_per_segment, args.rate)
+            summary_file.write(orjson.dumps(record) + b"\n")
     return summary
 
 

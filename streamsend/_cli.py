@@ -18,7 +18,12 @@ import stat
 import sys
 from collections.abc import Callable, Sequence
 
-from streamsend._campaign import INPUT_SETTINGS, Campaign, add_input_arguments
+from streamsend._campaign import (
+    INPUT_SETTINGS,
+    SORTING_SETTINGS,
+    add_input_arguments,
+    add_sorting_arguments,
+)
 from streamsend._config import (
     API_KEY_ENV,
     CONFIG_ENV,
@@ -42,12 +47,12 @@ STREAMSEND_RATE=17000/min), the --config TOML file, the defaults. `streamsend co
 the result.
 
 Outcomes: one JSON object per non-blank input line with `status` queued | rejected | invalid |
-failed | unknown. `unknown` means the request may have been accepted (the answer was lost): such
-lines are not resent unless you pass --resend-unknown.
+failed | unknown | suppressed | duplicate | expired. `unknown` means the request may have been
+accepted (the answer was lost): such lines are not resent unless you pass --resend-unknown.
 
-Exit codes: 0 all queued; 1 finished, some not queued; 2 usage/config error; 3 aborted by a fatal
-service answer (bad key, suspended account, unknown sending list); 70 stopped by an unexpected
-error (e.g. a full disk: rerun with --resume); 130 stopped by a signal.
+Exit codes: 0 all queued (or suppressed/duplicate); 1 finished, some not queued; 2 usage/config
+error; 3 aborted by a fatal service answer (bad key, suspended account, unknown sending list); 70
+stopped by an unexpected error (e.g. a full disk: rerun with --resume); 130 stopped by a signal.
 """
 
 
@@ -104,11 +109,18 @@ def _send_parser(
         type=float,
         help="send a partly filled batch this long after its first message (default 250)",
     )
-    p.add_argument("--concurrency", type=int, help="requests in flight at most (default 8)")
+    p.add_argument(
+        "--concurrency",
+        help="requests in flight: auto (default) adapts to the service's latency and 429/503 "
+        "answers; a number fixes it",
+    )
+    p.add_argument(
+        "--max-concurrency", type=int, help="the most requests in flight auto reaches (default 32)"
+    )
     p.add_argument(
         "--rate",
-        help="messages per sending number, e.g. 17000/min or 300/s "
-        "(default unlimited; the service's default send rate is 17000/min)",
+        help="messages per sending number, with a unit: 17000/min (the default: the "
+        "service's own send rate per sending list), 300/s; `unlimited` opts out of pacing",
     )
     p.add_argument("--timeout", help="seconds per request attempt (default 30)")
     p.add_argument(
@@ -148,6 +160,7 @@ def _send_parser(
         "host (default 127.0.0.1)",
     )
     add_input_arguments(p)
+    add_sorting_arguments(p)
     p.add_argument(
         "--proxy",
         metavar="URL",
@@ -174,6 +187,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "batch_size",
         "linger_ms",
         "concurrency",
+        "max_concurrency",
         "rate",
         "timeout",
         "retries",
@@ -185,6 +199,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "metrics_port",
         "metrics_host",
         *INPUT_SETTINGS,
+        *SORTING_SETTINGS,
         "proxy",
         "ca_bundle",
     )
@@ -205,7 +220,6 @@ def send_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"input named more than once: {', '.join(duplicated)}")
     _check_inputs(inputs)
     precheck_inputs(inputs, settings.input_format)
-    Campaign.load(settings)  # a bad template is a usage error before anything starts
     if settings.sender is not None:
         problem = sender_problem(settings.api_version, settings.sender)
         if problem:
@@ -306,6 +320,20 @@ def _demo_main(argv: Sequence[str]) -> int:
     return demo_main(argv)
 
 
+def _job_command(name: str) -> Callable[[Sequence[str]], int]:
+    """A scale-out command (`_job_cli`), handed `send`'s parser to borrow its flags from."""
+
+    def run(argv: Sequence[str]) -> int:
+        from streamsend import _job_cli
+
+        command: Callable[[Sequence[str], _job_cli.SendCommand], int] = getattr(
+            _job_cli, f"{name}_main"
+        )
+        return command(argv, _job_cli.SendCommand(_send_parser, _check_inputs))
+
+    return run
+
+
 #: Every command: its function (which imports what it needs when called) and its one-line help.
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "send": (send_main, "send NDJSON messages through the Trackly bulk API"),
@@ -313,6 +341,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "emulator": (_emulator_main, "run the built-in Trackly emulator"),
     "demo": (_demo_main, "send a sample campaign through the built-in emulator"),
     "config": (config_main, "show the effective configuration (config show)"),
+    "enqueue": (_job_command("enqueue"), "validate lines and add them to a job in Redis"),
+    "worker": (_job_command("worker"), "send a job's lines from Redis (run any number)"),
+    "collect": (_job_command("collect"), "write a job's outcomes (--follow: until complete)"),
+    "job": (_job_command("job"), "a job's status (job status NAME), or delete it (job purge)"),
 }
 
 

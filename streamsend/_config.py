@@ -9,7 +9,6 @@ TRACKLY_API_KEY or from the file `api_key_file` names, and it is never printed.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import stat
@@ -19,42 +18,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from streamsend._exceptions import ConfigError
+from streamsend._pacing import DEFAULT_RATE_PER_MIN, UNLIMITED, format_rate, parse_rate
 from streamsend._types import ApiVersion
 
 DEFAULT_BASE_URL = "https://app.tracklysms.com/api"
 API_KEY_ENV = "TRACKLY_API_KEY"
 _KEY_SHAPE = re.compile(r"trk_[A-Za-z0-9]{32}")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
-_UNIT_SECONDS = {
-    "s": 1,
-    "sec": 1,
-    "second": 1,
-    "m": 60,
-    "min": 60,
-    "minute": 60,
-    "h": 3600,
-    "hour": 3600,
-}
-
-
-def parse_rate(text: str) -> float:
-    """'17000/min' → messages per second. A bare number is per second."""
-    match = _RATE.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a rate like 17000/min or 300/s")
-    per_second = float(match[1]) / _UNIT_SECONDS[match[2] or "s"]
-    if not (math.isfinite(per_second) and per_second > 0):  # 400 nines parse as inf
-        raise ValueError("a rate must be a finite number above zero")
-    return per_second
-
-
-def format_rate(per_second: float) -> str:
-    """A rate as a person writes it: 283.333/s → '17000/min' (parse_rate reads it back)."""
-    for unit, seconds in (("s", 1), ("min", 60), ("hour", 3600)):
-        count = per_second * seconds
-        if abs(count - round(count)) < 1e-6 * max(count, 1):
-            return f"{round(count)}/{unit}"
-    return f"{per_second:.12g}/s"
 
 
 def parse_duration(text: str) -> float:
@@ -74,8 +43,11 @@ class Settings:
     sender: str | None = None  # --from: v1 from_phone_number_id / v2 list_number
     batch_size: int = 1000
     linger_ms: float = 250.0
-    concurrency: int = 8
-    rate: float | None = None  # messages per second per sender; None: unpaced
+    concurrency: int | Literal["auto"] = "auto"  # auto: adapted to the service's answers
+    max_concurrency: int = 32  # the most requests in flight "auto" may reach
+    # Messages per second per sender; None: unpaced (`--rate unlimited`). The default is the
+    # service's own default send rate: faster, messages wait in its queue and go stale.
+    rate: float | None = DEFAULT_RATE_PER_MIN / 60
     sender_rates: Mapping[str, float] = field(default_factory=dict)
     timeout: float = 30.0
     retries: int = 5
@@ -93,6 +65,7 @@ class Settings:
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int | None = None
     progress_interval: float = 5.0
+    redis: str | None = None  # the Redis of `enqueue`, `worker`, `collect`, `job`
     # Campaign input (see _formats, _csv_source, _template).
     input_format: Literal["ndjson", "csv", "tsv"] | None = None  # None: by extension / content
     to_column: str | None = None
@@ -100,10 +73,26 @@ class Settings:
     ref_column: str | None = None
     template: str | None = None
     template_file: str | None = None
+    # Which lines go (see _suppress, _dedupe, _expiry).
+    suppress: tuple[str, ...] = ()  # opt-out list files
+    dedupe: Literal["message", "recipient", "off"] = "message"
+    dedupe_window: int = 1 << 20  # distinct messages remembered at least
+    skip_sent: tuple[str, ...] = ()  # earlier runs' outcome files
+    expire_after: float | None = None  # seconds from reading a line
     # None: the proxy HTTPS_PROXY & co. name (see `_dispatch.proxy_for`); "": connect directly.
     proxy: str | None = None
-    ca_bundle: str | None = None
-    metrics_host: str = "127.0.0.1"  # PEM CAs trusted besides the system's (a private CA)
+    ca_bundle: str | None = None  # PEM CAs trusted besides the system's (a private CA)
+    metrics_host: str = "127.0.0.1"  # where metrics_port listens
+
+    @property
+    def fixed_concurrency(self) -> int | None:
+        """The number of requests in flight `concurrency` fixes; None when it adapts (auto)."""
+        return None if self.concurrency == "auto" else self.concurrency
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most requests that can ever be in flight at once."""
+        return self.max_concurrency if self.concurrency == "auto" else self.concurrency
 
     def rate_for(self, sender: str) -> float | None:
         return self.sender_rates.get(sender, self.rate)
@@ -207,16 +196,24 @@ def _bool(value: object) -> bool:
 
 
 def _rate(value: object) -> float | None:
-    if value is None or (isinstance(value, str) and value.lower() in ("", "none", "unlimited")):
+    if value == UNLIMITED:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        # TOML has inf and nan; neither paces anything (and nan compares false with zero).
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{value} is not a rate: it must be a finite number above zero")
-        return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"expected a rate like 17000/min, got {type(value).__name__}")
+        # A TOML number has no unit, and 600 means 600/s to one reader and 600/min to another.
+        raise ValueError(
+            f'{value!r} has no unit: write a string like "{value}/min" or "{value}/s", '
+            f'or "{UNLIMITED}"'
+        )
     return parse_rate(value)
+
+
+def _concurrency(value: object) -> int | Literal["auto"]:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _int_in(1, 256)(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected auto or a whole number of requests") from None
 
 
 def _sender_rates(value: object) -> dict[str, float]:
@@ -245,11 +242,29 @@ def _proxy(value: object) -> str:
     return text
 
 
+def _paths(value: object) -> tuple[str, ...]:
+    """File names: a list (TOML, repeated flags) or one string, comma-separated (environment)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(p, str) for p in items):
+        raise ValueError("expected a list of file names")
+    paths = tuple(p.strip() for p in items if p.strip())
+    if not paths:
+        raise ValueError("expected at least one file name")
+    return paths
+
+
 def _url(value: object) -> str:
     text = _text(value)
     if not re.match(r"^https?://[^\s/]+", text):
         raise ValueError(f"{text!r} is not an http(s) URL")
     return text.rstrip("/")
+
+
+def _redis_url(value: object) -> str:
+    text = _text(value).strip()
+    if not re.match(r"^(redis|rediss|unix)://", text):
+        raise ValueError(f"{text!r} is not a Redis URL (redis://HOST:PORT, rediss://, unix://PATH)")
+    return text
 
 
 _FIELDS: dict[str, Callable[[Any], Any]] = {
@@ -258,7 +273,8 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "sender": _text,
     "batch_size": _int_in(1, 1000),
     "linger_ms": _ms_in(0, 60_000),
-    "concurrency": _int_in(1, 256),
+    "concurrency": _concurrency,
+    "max_concurrency": _int_in(1, 256),
     "rate": _rate,
     "sender_rates": _sender_rates,
     "timeout": _float_in(0.1, 600, duration=True),
@@ -277,12 +293,18 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "log_format": _choice("auto", "json", "console"),
     "metrics_port": _int_in(0, 65535),
     "progress_interval": _float_in(0.1, 3600, duration=True),
+    "redis": _redis_url,
     "input_format": _choice("ndjson", "csv", "tsv"),
     "to_column": _text,
     "body_column": _text,
     "ref_column": _text,
     "template": _text,
     "template_file": _text,
+    "suppress": _paths,
+    "dedupe": _choice("message", "recipient", "off"),
+    "dedupe_window": _int_in(1, 1 << 30),
+    "skip_sent": _paths,
+    "expire_after": _float_in(0.001, 365 * 86400, duration=True),
     "proxy": _proxy,
     "ca_bundle": _text,
     "metrics_host": _text,
@@ -371,7 +393,9 @@ def _remember_rates_as_written(key: str, value: object, origins: dict[str, str])
 
 
 def _check_toml_type(key: str, value: object) -> None:
-    if isinstance(value, str) and key in _TOML_INTEGERS:
+    # Only quoted numbers: a word such as concurrency = "auto" is for the key's own parser.
+    quoted_number = isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*", value)
+    if quoted_number and key in _TOML_INTEGERS:
         raise ValueError(f"expected a whole number, got the string {value!r} (drop the quotes)")
     if isinstance(value, str) and key in _TOML_BOOLEANS:
         raise ValueError(f"expected true or false, got the string {value!r} (drop the quotes)")
@@ -447,11 +471,11 @@ def settings_as_toml(settings: Settings, origins: Mapping[str, str]) -> str:
                     tables.append(f"{_toml_string(sender)} = {_toml_string(written)}")
             else:
                 rows.append((f"# [{name}] (none)", origin))
-        elif value is None:
-            rows.append((f"# {name} (not set)", origin))
         elif f.name == "rate":
             written = origins.get("=rate") or format_rate(value)
             rows.append((f"{name} = {_toml_string(written)}", origin))
+        elif value is None or value == ():
+            rows.append((f"# {name} (not set)", origin))
         else:
             rows.append((f"{name} = {_toml_value(value)}", origin))
     width = max(len(text) for text, _ in rows) + 2
@@ -464,6 +488,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     return _toml_string(str(value))
 
 

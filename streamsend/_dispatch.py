@@ -14,7 +14,8 @@ Promises:
 - Every batch handed to `submit()` ends with exactly one outcome per message, written to the
   sink, unless the run is aborted by a fatal service answer or cut short by a second signal
   (then the lines of requests never transmitted get no outcome, and --resume sends them).
-- At most `concurrency` requests are in flight across all sending numbers, and at most
+- At most `concurrency` requests are in flight across all sending numbers (with `concurrency`
+  None, a number `_concurrency` adapts within 1..`max_concurrency`), and at most
   `max_waiting_messages` wait in the lanes before `submit()` makes the producer wait.
 """
 
@@ -32,7 +33,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from streamsend._attempts import Abort, AttemptLoop, Backoff, mark_transmitted
+from streamsend._concurrency import DEFAULT_MAX_CONCURRENCY, ConcurrencyLimit
 from streamsend._exceptions import ConfigError, FatalServiceError
+from streamsend._expiry import Expiry
 from streamsend._lanes import Lane, Lanes
 from streamsend._logs import library_logger
 from streamsend._models import Batch
@@ -50,7 +53,8 @@ class DispatchSettings:
     base_url: str
     api_version: ApiVersion
     api_key: str
-    concurrency: int = 8
+    concurrency: int | None = None  # None: adaptive (see `_concurrency`) up to max_concurrency
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     timeout: float = 30.0
     retries: int = 5
     resend_unknown: bool = False
@@ -59,6 +63,11 @@ class DispatchSettings:
     max_waiting_messages: int = 20_000
     proxy: str | None = None  # None: from the environment; "": none (see `proxy_for`)
     ca_bundle: str | None = None  # PEM file of CAs trusted besides the system's
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most requests that can ever be in flight at once."""
+        return self.max_concurrency if self.concurrency is None else self.concurrency
 
 
 def proxy_for(url: str, setting: str | None, env: Mapping[str, str]) -> str | None:
@@ -144,7 +153,7 @@ def open_session(
     https = url.lower().startswith("https://")
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
-            limit=settings.concurrency + 2,
+            limit=settings.most_in_flight + 2,
             ssl=tls_context(settings.ca_bundle) if https else True,
         ),
         proxy=proxy_for(url, settings.proxy, os.environ if env is None else env),
@@ -170,6 +179,7 @@ class Dispatcher:
         log: Logger = None,
         rng: random.Random | None = None,
         session: aiohttp.ClientSession | None = None,
+        expiry: Expiry | None = None,
     ) -> None:
         self.settings = settings
         log = log if log is not None else library_logger()
@@ -179,7 +189,9 @@ class Dispatcher:
         self.lanes = Lanes(
             limiter=limiter,
             stats=stats,
-            concurrency=settings.concurrency,
+            slots=ConcurrencyLimit(
+                settings.most_in_flight, adaptive=settings.concurrency is None, stats=stats
+            ),
             max_waiting_messages=settings.max_waiting_messages,
             on_open=self._start_workers,
         )
@@ -198,6 +210,7 @@ class Dispatcher:
             log=log,
             rng=rng or random.Random(),
             first_request=first_request,
+            expiry=expiry,
         )
         self._attempts.session = session
 
@@ -260,7 +273,7 @@ class Dispatcher:
     def _start_workers(self, lane: Lane) -> None:
         lane.workers = [
             asyncio.create_task(self._work(lane), name=f"lane-{lane.sender}-{i}")
-            for i in range(self.settings.concurrency)
+            for i in range(self.settings.most_in_flight)
         ]
 
     async def _work(self, lane: Lane) -> None:

@@ -3,12 +3,16 @@
     StreamsendError
     ├── ConfigError            bad flag, config file or environment value (exit 2)
     ├── InputError             an input file can't be opened or read (exit 2)
+    ├── LeaseLost              a worker's entries were taken over by another worker (it
+    │                          stopped renewing its lease): it must not send or commit them
     └── SendError              one request attempt went wrong; carries the request's number,
                                the HTTP status (when there was one) and a machine code
         ├── NotSent            the service certainly did not accept it: safe to retry
-        │   └── RateLimited    429: pause the sender for `retry_after` seconds, then retry
-        ├── MaybeSent          the request left us and no readable answer came back: the
-        │                      messages may be queued. Never resent unless the user opts in.
+        │   └── RateLimited    429 or 503: pause the sending number for `retry_after`
+        │                      seconds (or a backoff), then retry
+        ├── MaybeSent          the request left us and no readable answer came back, or a
+        │                      500/502/504 (see `_protocol.ANSWERS`): the messages may be
+        │                      queued. Never resent unless the user opts in.
         └── Refused            a request-level error (400, 404, 413): don't retry
             └── FatalServiceError  401, 403 (suspended) or list_not_found: every later
                                    request would fail too, so the run stops
@@ -34,6 +38,14 @@ class InputError(StreamsendError):
     """An input can't be opened or read."""
 
 
+class LeaseLost(StreamsendError):
+    """Another worker of the job took over this request's entries: drop the request unsent.
+
+    Raised by `RedisJournal.sync` before the request's first byte leaves (fencing); the worker
+    that took the entries over sends them, or reports them `unknown`, itself.
+    """
+
+
 class SendError(StreamsendError):
     """One attempt at one request failed."""
 
@@ -52,11 +64,11 @@ class SendError(StreamsendError):
 
 
 class NotSent(SendError):
-    """The service certainly did not accept the request (5xx, or it never left us)."""
+    """The service certainly did not accept the request (429, 503, or it never left us)."""
 
 
 class RateLimited(NotSent):
-    """429: the sender for this sending number pauses for `retry_after` seconds."""
+    """429 or 503, "not now": this sending number pauses for `retry_after` seconds."""
 
     def __init__(self, message: str, *, retry_after: float | None, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]

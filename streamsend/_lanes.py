@@ -1,7 +1,8 @@
 """Lanes: one per sending number, each with its own queue of batches, pacing and 429 pause.
 
 A throttled or slow sending number must not hold up the others, so each has its own lane. What
-the lanes share is bounded: at most `concurrency` requests in flight across all of them, and one
+the lanes share is bounded: at most `slots.limit` requests in flight across all of them (fixed, or
+adapted to the service's answers: see `_concurrency`), and one
 budget of waiting messages (`max_waiting_messages`). One budget rather than one bounded queue per
 lane: a throttled number's backlog can grow into it while the others keep flowing, where a full
 per-lane queue would stop the reader, and so every sending number, at once.
@@ -14,6 +15,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+from streamsend._concurrency import ConcurrencyLimit
 from streamsend._models import Batch
 from streamsend._stats import RunStats
 from streamsend._types import RateLimiter
@@ -47,7 +49,7 @@ class Lanes:
         *,
         limiter: RateLimiter,
         stats: RunStats,
-        concurrency: int,
+        slots: ConcurrencyLimit,
         max_waiting_messages: int,
         on_open: Callable[[Lane], None],
     ) -> None:
@@ -55,7 +57,7 @@ class Lanes:
         self._stats = stats
         self._max_waiting = max_waiting_messages
         self._on_open = on_open
-        self._in_flight = asyncio.Semaphore(concurrency)
+        self.slots = slots
         self._lanes: dict[str, Lane] = {}
         self._waiting_messages = 0  # in lane queues, not yet taken by a worker
         self._room = asyncio.Event()
@@ -91,19 +93,20 @@ class Lanes:
         self._stats.rate_wait_seconds += time.monotonic() - waited_from
 
     @contextlib.asynccontextmanager
-    async def request_slot(self, lane: Lane) -> AsyncIterator[None]:
-        """One of the `concurrency` request slots, for a request of `lane`.
+    async def request_slot(self, lane: Lane) -> AsyncIterator[int]:
+        """One of the request slots (`slots.limit` of them), for a request of `lane`; yields the
+        slots' epoch, which the attempt's `slots.observe()` call hands back.
 
         A 429 for this sending number may arrive while we wait for a slot; sending anyway would
         ignore the pause, so the slot is given back (others may use it) until the pause is over.
         """
         while True:
-            await self._in_flight.acquire()
+            epoch = await self.slots.acquire()
             if lane.paused_until <= time.monotonic():
                 break
-            self._in_flight.release()
+            self.slots.release()
             await lane.sleep_out_pause()
         try:
-            yield
+            yield epoch
         finally:
-            self._in_flight.release()
+            self.slots.release()

@@ -71,6 +71,12 @@ class StatsCollector:
             "Requests sent and not yet answered.",
             value=snapshot.in_flight,
         )
+        yield GaugeMetricFamily(
+            "streamsend_concurrency_limit",
+            "Requests allowed in flight now: fixed by --concurrency N, or adapted to the "
+            "service's latency and 429/503 answers (auto).",
+            value=snapshot.concurrency_limit,
+        )
         depths = GaugeMetricFamily(
             "streamsend_queue_depth",
             "Work waiting between stages: batches_waiting counts batches in the dispatcher's "

@@ -14,9 +14,55 @@ Promises (the `RateLimiter` Protocol's invariants):
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
+
+#: The service's documented default send rate of a sending list: 17,000 messages a minute. It
+#: is also streamsend's default: faster than this, the service's queue grows, and what waits in
+#: it longer than `SERVICE_STALE_AFTER_S` is dropped silently while the outcomes say `queued`.
+DEFAULT_RATE_PER_MIN = 17_000
+DEFAULT_RATE = f"{DEFAULT_RATE_PER_MIN}/min"
+#: The service drops a message that waited in a sending list's queue longer than this.
+SERVICE_STALE_AFTER_S = 30 * 60
+#: How the user opts out of pacing (flags, STREAMSEND_RATE, TOML): one spelling, on purpose.
+UNLIMITED = "unlimited"
+
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*")
+_UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
+_UNIT_SECONDS |= {"h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str) -> float:
+    """'17000/min', '300/s' or '7200/h' → messages per second (streamsend's and the emulator's
+    one parser). The unit is required: a bare `600` means 600/s to one tool and 600/min to
+    another, a trap that once paced a campaign 60 times too fast."""
+    match = _RATE.fullmatch(text)
+    if match is None:
+        if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", text):
+            number = text.strip()
+            raise ValueError(
+                f"{number!r} has no unit: write {number}/min or {number}/s "
+                f"(the service's default send rate is {DEFAULT_RATE})"
+            )
+        raise ValueError(f"{text!r} is not a rate like {DEFAULT_RATE}, 300/s or 7200/h")
+    per_second = float(match[1]) / _UNIT_SECONDS[match[2]]
+    if not (math.isfinite(per_second) and per_second > 0):  # 400 nines parse as inf
+        raise ValueError(f"{text!r}: a rate must be a finite number above zero")
+    return per_second
+
+
+def format_rate(per_second: float | None) -> str:
+    """A rate as the user would write it (`17000/min`, `300/s`), or `unlimited`."""
+    if per_second is None:
+        return UNLIMITED
+    per_minute = per_second * 60
+    if per_second != round(per_second, 3) and math.isclose(per_minute, round(per_minute)):
+        return f"{round(per_minute)}/min"  # 17000/min, not 283.333/s
+    return f"{per_second:g}/s"
+
 
 # A batch carries at most this many seconds' worth of a paced sender's rate.
 PACE_GRANULARITY_S = 0.2

@@ -108,12 +108,16 @@ def _total_lines(s: StatsSnapshot) -> int | None:
 
 
 def format_progress_line(s: StatsSnapshot, estimate: Estimate | None = None) -> str:
-    """One line: lines done, msg/s, non-zero counts by status, % done and ETA when known."""
+    """One line: lines done, msg/s, non-zero counts by status, requests in flight of the current
+    limit (once the dispatcher runs), % done and ETA when known."""
     e = estimate if estimate is not None else ProgressEstimator().update(s)
     parts = [f"{s.outcomes:,} done", f"{e.rate:,.0f} msg/s"]
     counts = " ".join(f"{status} {n:,}" for status, n in _status_counts(s).items() if n)
     if counts:
         parts.append(counts)
+    if s.concurrency_limit:
+        # The limit adapts to the service (see `_concurrency`): a falling one says it is busy.
+        parts.append(f"{s.in_flight}/{s.concurrency_limit} in flight")
     if e.fraction is not None:
         eta = e.eta_seconds
         parts.append(f"{e.fraction:.0%}" + ("" if eta is None else f" ETA {_duration(eta)}"))
@@ -189,7 +193,7 @@ async def report_progress(
         while True:
             await sleep(interval)
             s = stats.snapshot()
-            log.info("progress", **summary_fields(s), **_position_fields(estimator.update(s)))
+            log.info("progress", **summary_fields(s), **_position_fields(s, estimator.update(s)))
 
     def line() -> str:
         s = stats.snapshot()
@@ -223,8 +227,12 @@ def _terminal_columns() -> int:
     return shutil.get_terminal_size(fallback=(80, 24)).columns
 
 
-def _position_fields(e: Estimate) -> dict[str, object]:
-    fields: dict[str, object] = {"outcomes_per_second": round(e.rate, 1)}
+def _position_fields(s: StatsSnapshot, e: Estimate) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "outcomes_per_second": round(e.rate, 1),
+        "in_flight": s.in_flight,
+        "concurrency_limit": s.concurrency_limit,
+    }
     if e.fraction is not None:
         fields["total_lines"] = e.total
         fields["percent_done"] = round(100 * e.fraction, 1)

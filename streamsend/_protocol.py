@@ -5,17 +5,13 @@ which field names the sending number, and what an answer proves. Validation, bat
 dispatcher ask it instead of testing the version themselves, so a v3 would touch this module (and
 its tests) only.
 
-What an answer proves (the rule behind every branch of `classify`: a message is sent again only
-when the service *proved* it did not accept it; resending after an answer that merely failed to
-arrive can text a person twice):
-
-- 2xx with a readable body: accepted; indexes listed in `errors` are rejected, the rest queued.
-- 429: not accepted. The sending number pauses for Retry-After (or a backoff), then retries.
-- 500/502/503/504: not accepted (the docs call 5xx transient): back off with jitter, retry.
-- 400, 404, 413 (request-level): refused as a whole; failed, no retry (a 413 is split in two).
-- 401, 403, list_not_found: every later request would fail too; failed, and the run stops.
-- A 2xx we can't read, or any status outside the contract: proves nothing; `unknown`.
-Transport failures (no answer at all) are mapped in `_exceptions.map_transport_error`.
+What an answer proves is the table `ANSWERS` (the README shows the same table; a test keeps them
+equal). The rule behind every row: a message is sent again only when the service *proved* it did
+not accept it; resending after an answer that merely failed to arrive can text a person twice.
+"Transient" in the docs is about availability, not about whether the request was processed: a
+502 or 504 comes from a gateway in front of the service, often after the upstream accepted the
+request, and a 500 can come after part of a batch was queued. Only 429 and 503 say "not
+processed". Transport failures (no answer at all) are mapped in `_exceptions.map_transport_error`.
 """
 
 from __future__ import annotations
@@ -25,11 +21,84 @@ from dataclasses import dataclass
 
 import orjson
 
-from streamsend._exceptions import FatalServiceError, MaybeSent, NotSent, RateLimited, Refused
+from streamsend._exceptions import FatalServiceError, MaybeSent, RateLimited, Refused
 from streamsend._types import ApiVersion
 
-#: Statuses the service uses for "try again": its docs call 5xx transient.
-RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+#: "Not processed, come back later": the sending number pauses (Retry-After or a backoff).
+RETRYABLE_STATUSES = frozenset({429, 503})
+#: 5xx answers that may come after the request (or part of it) was accepted: `unknown`.
+AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One row of `ANSWERS`: an answer, what it proves, the lines' outcome, whether resent."""
+
+    answer: str
+    proves: str
+    outcome: str
+    resent: str
+
+
+#: What each answer proves: the one place this is decided, shown as is in the README.
+ANSWERS: tuple[Answer, ...] = (
+    Answer(
+        "2xx, readable body",
+        "accepted; the indexes in `errors` refused",
+        "`queued`, `rejected`",
+        "no",
+    ),
+    Answer(
+        "429, 503",
+        "not accepted: the service asks to come back later",
+        "`failed` once `--retries` are used up",
+        "yes: the sending number pauses for `Retry-After` (or a backoff)",
+    ),
+    Answer(
+        "500",
+        "maybe: part of the batch may have been queued",
+        "`unknown`",
+        "only with `--resend-unknown`",
+    ),
+    Answer(
+        "502, 504",
+        "maybe: a gateway's answer; the service behind it may have accepted",
+        "`unknown`",
+        "only with `--resend-unknown`",
+    ),
+    Answer(
+        "400, 404, 413",
+        "refused as a whole; nothing queued",
+        "`failed` (a 413 splits the batch and logs an error)",
+        "no",
+    ),
+    Answer(
+        "401, 403, `list_not_found`",
+        "every later request would fail too",
+        "`failed`; the run stops (exit 3)",
+        "no",
+    ),
+    Answer(
+        "no connection (refused, DNS, TLS), or a failure before the request left",
+        "not accepted",
+        "`failed` once `--retries` are used up",
+        "yes, with backoff",
+    ),
+    Answer(
+        "timeout or disconnect after the request left; a 2xx that can't be read; any other status",
+        "maybe",
+        "`unknown`",
+        "only with `--resend-unknown`",
+    ),
+)
+
+
+def answers_table() -> str:
+    """`ANSWERS` as the Markdown table the README carries."""
+    rows = ["| answer | proves | outcome | sent again |", "|---|---|---|---|"]
+    rows += [f"| {a.answer} | {a.proves} | {a.outcome} | {a.resent} |" for a in ANSWERS]
+    return "\n".join(rows) + "\n"
+
 
 # v1 reports per-message problems as text only; these give the outcome a machine code too.
 _V1_ERROR_CODES = (
@@ -140,16 +209,17 @@ class WireProtocol:
             return Accepted(errors, queued if isinstance(queued, int) else None)
 
         code, text = _error_fields(body, status)
-        if status == 429:
+        if status in RETRYABLE_STATUSES:
             raise RateLimited(
                 text,
                 retry_after=retry_after_seconds(retry_after),
-                code=code or "rate_limited",
+                code=code or ("rate_limited" if status == 429 else "service_unavailable"),
                 status=status,
                 request=request,
             )
-        if status in RETRYABLE_STATUSES:
-            raise NotSent(text, code=code or f"http_{status}", status=status, request=request)
+        if status in AMBIGUOUS_STATUSES:
+            # Never resent silently: the lines may already be queued (see the module docstring).
+            raise MaybeSent(text, code=code or f"http_{status}", status=status, request=request)
         if status in (401, 403) or code == "list_not_found":
             # 403 is "account suspended": like a bad key, every later request would fail too.
             raise FatalServiceError(

@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -23,10 +24,24 @@ from streamsend._config import Settings
 from streamsend._exceptions import ConfigError
 from streamsend._journal import FileJournal, ResumeState
 from streamsend._outcomes import FileSink
+from streamsend._pacing import (
+    DEFAULT_RATE,
+    DEFAULT_RATE_PER_MIN,
+    SERVICE_STALE_AFTER_S,
+    format_rate,
+)
 from streamsend._pipeline import Pipeline, RunResult
 from streamsend._source import read_inputs, total_input_bytes
 from streamsend._stats import RunStats, StatsSnapshot
 from streamsend._types import ExitCode, LineSource, Logger, OutcomeSink, RateLimiter
+
+#: What `--rate unlimited` risks, said at the start of such a run.
+UNPACED_HINT = (
+    f"--rate unlimited: the service sends {DEFAULT_RATE} per sending list (its default) and "
+    f"drops what waits in its queue over {SERVICE_STALE_AFTER_S // 60} min, so it holds about "
+    f"{DEFAULT_RATE_PER_MIN * SERVICE_STALE_AFTER_S // 60:,} messages per list; past that, "
+    "messages are lost while the outcomes say queued"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +66,7 @@ async def open_run(
     limiter: RateLimiter | None = None,
     stats: RunStats | None = None,
     log: Logger = None,
+    campaign: Campaign | None = None,
 ) -> AsyncIterator[Run]:
     """Open a run's outcome sink (`settings.outcomes` unless `sink` is given), its journal and
     resume state, wire the pipeline, and close what was opened when the block ends.
@@ -101,6 +117,7 @@ async def open_run(
             limiter=limiter,
             stats=stats,
             log=log,
+            campaign=campaign,
         )
         yield Run(settings, pipeline, stats, resume_state)
 
@@ -143,6 +160,7 @@ async def send_campaign(
     resume: bool = False,
     overwrite: bool = False,
     emulator: bool = False,
+    emulator_send_rate_per_min: float | None = None,
     command: Sequence[str] | None = None,
     stats: RunStats | None = None,
 ) -> ExitCode:
@@ -153,7 +171,10 @@ async def send_campaign(
     command that resumes it. `stats`: where to count (the demo reads them afterwards)."""
     from streamsend._logs import configure_logging, get_logger
 
-    async with _maybe_emulator(given, emulator) as (settings, emulator_key):
+    async with _maybe_emulator(given, emulator, emulator_send_rate_per_min) as (
+        settings,
+        emulator_key,
+    ):
         key = api_key or emulator_key
         configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=(key,))
         # Bound once: the lazy proxy re-resolves the configuration on every call (~2 us), which
@@ -161,7 +182,18 @@ async def send_campaign(
         log = get_logger("streamsend").bind()
         stats = stats if stats is not None else RunStats()
         stats.input_bytes_total = total_input_bytes(inputs)
+        loading = time.monotonic()
         campaign = Campaign.load(settings)
+        if campaign.suppression is not None or campaign.sent_before is not None:
+            log.info(
+                "campaign_lists_loaded",
+                suppressed_numbers=len(campaign.suppression.numbers) if campaign.suppression else 0,
+                unreadable_suppress_entries=campaign.suppression.unreadable
+                if campaign.suppression
+                else 0,
+                sent_recipients=len(campaign.sent_before) if campaign.sent_before else 0,
+                seconds=round(time.monotonic() - loading, 2),
+            )
         source = read_inputs(
             inputs,
             max_line_bytes=settings.max_line_bytes,
@@ -176,6 +208,7 @@ async def send_campaign(
             overwrite=overwrite,
             stats=stats,
             log=log,
+            campaign=campaign,
         ) as run:
             # One line with what an operator checks before walking away; the whole effective
             # configuration is a debug event (and `streamsend config show`).
@@ -189,24 +222,26 @@ async def send_campaign(
                     "beside them and this run can't be resumed; --resume needs --outcomes "
                     "PATH to a regular file (its journal is PATH.journal)",
                 )
+            if settings.rate is None:
+                log.warning("unpaced", hint=UNPACED_HINT)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, run.pipeline.request_stop)
             try:
-                async with _observers(settings, stats, log):
+                async with observe_run(settings, stats, log):
                     result = await run.pipeline.run()
             finally:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
-        _report_summary(stats, log, settings, result, command)
+        report_summary(
+            stats, log, settings, left_over=lambda s: _left_over(s, settings, result, command)
+        )
         return result.exit_code
 
 
 def _start_fields(
     settings: Settings, inputs: Sequence[str], *, emulator: bool
 ) -> dict[str, object]:
-    from streamsend._config import format_rate
-
     senders = [settings.sender] if settings.sender else []
     senders += [s for s in settings.sender_rates if s not in senders]
     rates = {s: format_rate(r) for s, r in settings.sender_rates.items()}
@@ -214,7 +249,7 @@ def _start_fields(
         "target": "built-in emulator" if emulator else settings.base_url,
         "api": settings.api_version,
         "sender": ", ".join(senders) or "from each line",
-        "rate": "unpaced" if settings.rate is None else format_rate(settings.rate),
+        "rate": format_rate(settings.rate),
         "input": ", ".join("stdin" if i == "-" else i for i in inputs),
         "outcomes": "stdout" if settings.outcomes == "-" else settings.outcomes,
     }
@@ -226,8 +261,11 @@ def _start_fields(
 
 
 @contextlib.asynccontextmanager
-async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tuple[Settings, str]]:
-    """With --emulator: a local emulator, a fresh key and a default sender; else as given."""
+async def _maybe_emulator(
+    settings: Settings, enabled: bool, send_rate_per_min: float | None = None
+) -> AsyncIterator[tuple[Settings, str]]:
+    """With --emulator: a local emulator (sending each list at `send_rate_per_min`, or the
+    service's default), a fresh key and a default sender; else as given."""
     if not enabled:
         yield settings, ""
         return
@@ -241,13 +279,14 @@ async def _maybe_emulator(settings: Settings, enabled: bool) -> AsyncIterator[tu
         api_keys=(key,),
         v1_lists=lists if v1 else (DEFAULT_V1_LIST,),
         v2_lists=(DEFAULT_V2_LIST,) if v1 else lists,
+        send_rate_per_min=send_rate_per_min or DEFAULT_RATE_PER_MIN,
     )
     async with run_emulator(config) as running:
         yield replace(settings, base_url=running.base_url, sender=sender), key
 
 
 @contextlib.asynccontextmanager
-async def _observers(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
+async def observe_run(settings: Settings, stats: RunStats, log: Logger) -> AsyncIterator[None]:
     """The metrics endpoint and the progress reporter, for the length of the run."""
     async with contextlib.AsyncExitStack() as stack:
         if settings.metrics_port is not None:
@@ -289,18 +328,19 @@ def _paced_rate(settings: Settings) -> Callable[[StatsSnapshot], float | None]:
     return paced
 
 
-def _report_summary(
+def report_summary(
     stats: RunStats,
     log: Logger,
     settings: Settings,
-    result: RunResult,
-    command: Sequence[str] | None,
+    *,
+    left_over: Callable[[StatsSnapshot], tuple[str, dict[str, object]] | None] | None = None,
 ) -> None:
-    """The summary, once: in words for a person at a terminal, else as a `summary` event."""
+    """The summary, once: in words for a person at a terminal, else as a `summary` event;
+    `left_over` adds what a run cut short left undone (text, fields)."""
     from streamsend._progress import format_summary, summary_fields
 
     snapshot = stats.snapshot()
-    left = _left_over(snapshot, settings, result, command)
+    left = left_over(snapshot) if left_over is not None else None
     human = sys.stderr.isatty() and settings.log_format != "json"
     if human:
         text = format_summary(snapshot)

@@ -49,6 +49,7 @@ class StatsSnapshot:
     latency_sum: float
     latency_count: int
     in_flight: int
+    concurrency_limit: int  # requests allowed in flight now (adaptive concurrency moves it)
     queue_depths: dict[str, int]
     rate_wait_seconds: float
     retries: int
@@ -85,6 +86,7 @@ class RunStats:
     latency_sum: float = 0.0
     latency_count: int = 0
     in_flight: int = 0
+    concurrency_limit: int = 0
     queue_depth_probes: dict[str, Callable[[], int]] = field(default_factory=dict)
     rate_wait_seconds: float = 0.0
     retries: int = 0
@@ -127,6 +129,7 @@ class RunStats:
             latency_sum=self.latency_sum,
             latency_count=self.latency_count,
             in_flight=self.in_flight,
+            concurrency_limit=self.concurrency_limit,
             queue_depths={name: probe() for name, probe in self.queue_depth_probes.items()},
             rate_wait_seconds=self.rate_wait_seconds,
             retries=self.retries,

@@ -39,6 +39,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # usage or config error: one line on stderr, no traceback
     ABORTED = 3  # a fatal service answer (bad key, suspended account, unknown sending list)
     INTERNAL = 70  # sysexits' EX_SOFTWARE: an unexpected error, e.g. a full disk
+    PENDING = 75  # sysexits' EX_TEMPFAIL: `collect` without --follow, the job isn't complete
     INTERRUPTED = 130  # stopped by SIGINT/SIGTERM (after draining)
 
 
@@ -53,6 +54,8 @@ class LineBlock:
     # Lines the source itself refused (a malformed CSV record, a template field missing):
     # line -> (code, error); such a line is b"" in `lines` and gets an `invalid` outcome.
     errors: dict[int, tuple[str, str]] | None = None
+    # Lines with a `send_before`: line -> the moment (Unix time) after which it must not leave.
+    deadlines: dict[int, float] | None = None
 
 
 class LineSource(Protocol):

@@ -35,6 +35,9 @@ from aiohttp import web
 from streamsend.emulator import EmulatorConfig, RunningEmulator, run_emulator
 from streamsend.testing import API_KEY, V1_LIST, V2_LIST, EmulatorFactory, read_ledger
 
+# The Redis fixtures (the shared server, private killable ones, a job per test).
+pytest_plugins = ["tests.redis_fixtures"]
+
 __all__ = [
     "API_KEY",
     "V1_LIST",

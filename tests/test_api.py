@@ -22,6 +22,7 @@ def _settings(base_url: str, **overrides: object) -> Settings:
         "sender": V1_LIST,
         "linger_ms": 5.0,
         "batch_size": 50,
+        "rate": None,  # unpaced: these tests are about delivery, not pacing
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

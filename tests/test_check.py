@@ -342,3 +342,36 @@ def test_main_help_explains_exits_and_the_sender(capsys: pytest.CaptureFixture[s
     assert out.startswith("usage: streamsend check")
     assert "Exit status: 0 every line is valid, 1 some lines are invalid, 2" in out
     assert "Without it, v1 lines are" in out
+
+
+def test_main_says_how_long_the_campaign_takes_at_the_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The summary gives the duration at --rate (default 17000/min) for the busiest sending
+    number, since each number is paced on its own; `unlimited` says it isn't paced."""
+    lines = [f'{{"to_msisdn": "+1415555{n:04d}", "body": "hi"}}' for n in range(3000)]
+    lines += ['{"to_msisdn": "+14155550000", "body": "hi", "from_phone_number_id": "pn_b"}']
+    path = _write(tmp_path / "c.ndjson", *lines)
+    output, summary_json = str(tmp_path / "out.ndjson"), tmp_path / "summary.json"
+    assert check_main([path, "--from", "pn_a", "--output", output]) == 0
+    assert "duration at 17000/min per sending number: about 11 s (3,000 messages" in (
+        capsys.readouterr().err
+    )
+    args = [path, "--from", "pn_a", "--output", output, "--summary-json", str(summary_json)]
+    assert check_main([*args, "--rate", "100/min"]) == 0
+    assert "duration at 100/min per sending number: about 30 min" in capsys.readouterr().err
+    summary = orjson.loads(summary_json.read_bytes())
+    assert (summary["rate"], summary["estimated_seconds"]) == ("100/min", 1800.0)
+    assert check_main([*args, "--rate", "unlimited"]) == 0
+    assert "rate unlimited: not paced" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("rate", "says"), [("600", "600/min or 600/s"), ("fast", "fast")])
+def test_main_refuses_a_rate_without_a_unit(
+    campaign: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], rate: str, says: str
+) -> None:
+    """--rate is read as `send` reads it: a bare number or nonsense is exit 2, one line."""
+    assert check_main([campaign, "--rate", rate, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert err.count("\n") == 1

@@ -16,9 +16,9 @@ from streamsend._config import (
     load_api_key,
     load_settings,
     parse_duration,
-    parse_rate,
 )
 from streamsend._exceptions import ConfigError
+from streamsend._pacing import format_rate, parse_rate
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "trk_" + "Q7w8E9r0" * 4  # trk_ and 32 letters/digits: shaped like a real key
@@ -38,7 +38,9 @@ def test_defaults_without_any_source() -> None:
     settings = load_settings(env={})
     assert settings == Settings()
     assert settings.base_url == DEFAULT_BASE_URL
-    assert (settings.batch_size, settings.linger_ms, settings.rate) == (1000, 250.0, None)
+    assert (settings.batch_size, settings.linger_ms) == (1000, 250.0)
+    # Paced by default, at the service's own default send rate per sending list.
+    assert settings.rate == pytest.approx(17000 / 60)
     assert settings.journal_path is None  # outcomes to stdout: no journal by default
 
 
@@ -72,12 +74,12 @@ def test_env_uses_the_real_environment_by_default(monkeypatch: pytest.MonkeyPatc
 
 def test_aliases_from_and_rates(tmp_path: Path) -> None:
     """`from` is `sender` and a `[rates]` table is `sender_rates`, in files and the environment."""
-    config = write_toml(tmp_path, 'from = "pn_x"\n[rates]\npn_a = "60/min"\npn_b = 2\n')
+    config = write_toml(tmp_path, 'from = "pn_x"\n[rates]\npn_a = "60/min"\npn_b = "2/s"\n')
     settings = load_settings(config_path=config, env={})
     assert settings.sender == "pn_x"
     assert settings.sender_rates == {"pn_a": 1.0, "pn_b": 2.0}
     assert settings.rate_for("pn_a") == 1.0
-    assert settings.rate_for("pn_other") is None
+    assert settings.rate_for("pn_other") == pytest.approx(17000 / 60)  # the default rate
     assert load_settings(env={"STREAMSEND_FROM": "pn_env"}).sender == "pn_env"
 
 
@@ -223,8 +225,8 @@ def test_invalid_toml(tmp_path: Path) -> None:
     [
         ("17000/min", 17000 / 60),
         ("300/s", 300.0),
-        ("300", 300.0),
-        ("2.5", 2.5),
+        ("2.5/s", 2.5),
+        (".5/s", 0.5),
         (" 60 / minute ", 1.0),
         ("7200/h", 2.0),
         ("10/sec", 10.0),
@@ -237,7 +239,8 @@ def test_parse_rate(text: str, per_second: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "fast", "-5/s", "0/s", "0", "17000/fortnight", "1e3", "/s", "9" * 400]
+    "text",
+    ["", "fast", "-5/s", "0/s", "17000/fortnight", "1e3", "/s", "9" * 400 + "/s", "unlimited"],
 )
 def test_parse_rate_refuses(text: str) -> None:
     """Anything else is refused with a ValueError (the caller names the key)."""
@@ -246,14 +249,41 @@ def test_parse_rate_refuses(text: str) -> None:
 
 
 def test_rate_from_each_source(tmp_path: Path) -> None:
-    """The same rate reads alike as a TOML string, a TOML number, an env value and a flag."""
+    """The same rate reads alike as a TOML string, an env value and a flag; `unlimited` is the
+    one spelling of "no pacing", in each of them."""
     assert load_settings(config_path=write_toml(tmp_path, 'rate = "17000/min"'), env={}).rate == (
         pytest.approx(17000 / 60)
     )
-    assert load_settings(config_path=write_toml(tmp_path, "rate = 300"), env={}).rate == 300.0
     assert load_settings(env={"STREAMSEND_RATE": "300/s"}).rate == 300.0
     assert load_settings(env={}, cli={"rate": "60/min"}).rate == 1.0
     assert load_settings(env={"STREAMSEND_RATE": "unlimited"}).rate is None
+    assert load_settings(env={}, cli={"rate": "unlimited"}).rate is None
+    unlimited = write_toml(tmp_path, 'rate = "unlimited"')
+    assert load_settings(config_path=unlimited, env={}).rate is None
+
+
+@pytest.mark.parametrize("text", ["600", "17000", " 2.5 "])
+def test_a_bare_number_is_refused_with_the_fix(text: str) -> None:
+    """A rate without its unit is ambiguous (600/s? 600/min?): refused, naming both fixes."""
+    number = text.strip()
+    with pytest.raises(ValueError, match=f"{number}/min or {number}/s"):
+        parse_rate(text)
+    with pytest.raises(ConfigError, match=f"--rate: .*{number}/min or {number}/s"):
+        load_settings(env={}, cli={"rate": text})
+
+
+@pytest.mark.parametrize("toml", ["rate = 300", "rate = 2.5", "[rates]\npn_a = 600"])
+def test_a_toml_number_is_refused_with_the_fix(tmp_path: Path, toml: str) -> None:
+    """TOML numbers carry no unit either: refused, naming the file and the string to write."""
+    with pytest.raises(ConfigError, match=r"has no unit: write a string like \"\d"):
+        load_settings(config_path=write_toml(tmp_path, toml), env={})
+
+
+def test_format_rate_reads_back() -> None:
+    """`format_rate` writes what `parse_rate` reads (and `unlimited` for no rate)."""
+    for text in ("17000/min", "300/s", "100/min", "2.5/s"):
+        assert format_rate(parse_rate(text)) == text
+    assert format_rate(None) == "unlimited"
 
 
 @pytest.mark.parametrize(

@@ -41,3 +41,24 @@ async def test_demo_refuses_a_bad_flag_in_one_line(tmp_path: Path) -> None:
     assert stderr.decode().strip().splitlines() == [
         "streamsend demo: error: --messages must be at least 1 (see streamsend demo --help)"
     ]
+
+
+async def test_demo_with_workers_kills_one_and_the_others_finish(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """`demo --workers 3`: three worker processes on a job in the local Redis, one SIGKILLed
+    mid-run; the outcomes kept hold one outcome per line, and the summary names each worker's
+    share and the killed one."""
+    code, out, err = await run_streamsend(
+        ["demo", "--workers", "3", "--messages", "6000", "--keep", str(tmp_path)],
+        env=clean_env(STREAMSEND_REDIS=redis_url),
+        timeout_s=120,
+    )
+    assert code == 0, err
+    assert b"SIGKILL to worker pid" in out
+    assert out.count(b"<- killed at") == 1
+    records = [
+        orjson.loads(line) for line in (tmp_path / "outcomes.ndjson").read_bytes().splitlines()
+    ]
+    campaign_lines = (tmp_path / "campaign.ndjson").read_bytes().count(b"\n")
+    assert sorted(r["line"] for r in records) == list(range(1, campaign_lines + 1))

@@ -149,7 +149,9 @@ def test_bad_flag_is_one_line_and_exit_2() -> None:
         (["--send-rate", "fast"], "fast"),
         (["--port", "70000"], "port"),
         (["--v2-list", "18005551000"], "E.164"),
-        (["--list-rate", "pn_unknown=60"], "pn_unknown"),
+        (["--list-rate", "pn_unknown=60/min"], "pn_unknown"),
+        (["--send-rate", "600"], "600/min or 600/s"),
+        (["--list-rate", "pn_abc123def456=60"], "60/min or 60/s"),
         (["--ledger", "/nonexistent-dir/ledger.ndjson"], "ledger"),
     ],
 )

@@ -160,6 +160,8 @@ async def test_stats_endpoint_needs_no_key_and_matches(
         "drop_after",
         "hang",
         "truncated_body",
+        "gateway_after",
+        "partial_500",
         "latency",
     }
 

@@ -58,6 +58,7 @@ def _driven_stats(clock: FakeClock) -> RunStats:
     stats.observe_request("500", 0.02)
     stats.observe_request("timeout", 30.0)
     stats.in_flight = 2
+    stats.concurrency_limit = 6
     stats.queue_depth_probes["batches_waiting"] = lambda: 4
     stats.queue_depth_probes["messages_buffered"] = lambda: 1
     stats.rate_wait_seconds = 1.5
@@ -101,6 +102,7 @@ async def test_metrics_agree_with_the_stats() -> None:
     assert sum(1 for name, _ in samples if name == duration + "_bucket") == len(LATENCY_BUCKETS) + 1
 
     assert _get(samples, "streamsend_requests_in_flight") == 2
+    assert _get(samples, "streamsend_concurrency_limit") == 6
     assert _get(samples, "streamsend_queue_depth", queue="batches_waiting") == 4
     assert _get(samples, "streamsend_queue_depth", queue="messages_buffered") == 1
     assert _get(samples, "streamsend_rate_limit_wait_seconds_total") == 1.5

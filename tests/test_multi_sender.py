@@ -59,7 +59,10 @@ def phone(n: int) -> str:
 def pipeline(
     emu: RunningEmulator, lines: Sequence[bytes], *, settings: Settings | None = None, **fields: Any
 ) -> tuple[Pipeline, MemorySink]:
-    given_settings = replace(settings or Settings(), base_url=emu.base_url, fsync="off", **fields)
+    # Unpaced unless a test gives rates: most of these tests are about lanes, not pacing.
+    given_settings = replace(
+        settings or Settings(rate=None), base_url=emu.base_url, fsync="off", **fields
+    )
     sink = MemorySink()
     run = Pipeline(
         given_settings,
@@ -272,7 +275,7 @@ async def test_each_sender_is_paced_at_its_own_rate_from_the_config_table(
     5%, over a ~10 s run."""
     rates = {"pn_fast": 400.0, "pn_mid": 200.0, "pn_slow": 100.0}
     config = tmp_path / "streamsend.toml"
-    config.write_text('[rates]\npn_fast = "400/s"\npn_mid = 200\npn_slow = "6000/min"\n')
+    config.write_text('[rates]\npn_fast = "400/s"\npn_mid = "200/s"\npn_slow = "6000/min"\n')
     loaded = load_settings(config_path=str(config), env={})
     assert dict(loaded.sender_rates) == rates
     # The service's own send rate per list is set to match, as support would have set it.

@@ -91,7 +91,8 @@ def mixed_campaign() -> list[Line]:
         ),
         valid("+14155550010", 'quotes " and \\ and\nnewline'),
         invalid(b'{"to_msisdn": "+14155550011"}', "missing_body"),
-        valid("+14155550001", "Hello Ann"),  # the same message again: the service gets it twice
+        # The same message again: --dedupe (on by default) sends it once.
+        Line(orjson.dumps({"to_msisdn": "+14155550001", "body": "Hello Ann"}), "duplicate"),
         valid("+14155550012", "{braces} [brackets] ~tilde~ `backtick`"),
         invalid(b'{"to_msisdn": "+14155550013", "body": "a\xff"}', "invalid_utf8"),
     ]
@@ -146,6 +147,7 @@ def settings_for(base_url: str, tmp_path: Path, **overrides: Any) -> Settings:
         "batch_size": 100,
         "linger_ms": 10.0,
         "max_line_bytes": 1800,  # over a 1,601-character body line, under the long line
+        "rate": None,  # unpaced: these tests are about delivery, not pacing
         "timeout": 10.0,
         "backoff_base": 0.01,
         "backoff_cap": 0.05,
@@ -273,7 +275,7 @@ async def test_outcomes_stream_to_a_memory_sink(emulator: EmulatorFactory) -> No
         b'{"to_msisdn": "+14155550101", "body": "c", "ref": 3}',
     ]
     sink = MemorySink()
-    settings = Settings(base_url=emu.base_url, sender=V1_LIST, linger_ms=5.0)
+    settings = Settings(base_url=emu.base_url, sender=V1_LIST, linger_ms=5.0, rate=None)
     pipeline = Pipeline(settings, api_key=API_KEY, source=lines_from(raw, "mem"), sink=sink)
 
     result = await pipeline.run()
@@ -410,6 +412,7 @@ def streamsend_send(
             "send",
             *("--base-url", emu.base_url, "--from", V1_LIST),
             *("--outcomes", str(tmp_path / "out.ndjson"), "--linger-ms", "20"),
+            *("--rate", "unlimited"),  # these tests are about exit codes, not pacing
             *args,
         ],
         capture_output=True,

@@ -10,6 +10,7 @@ resent silently).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import orjson
 import pytest
@@ -25,10 +26,13 @@ from streamsend._exceptions import (
     SendError,
 )
 from streamsend._protocol import (
+    AMBIGUOUS_STATUSES,
+    ANSWERS,
     RETRYABLE_STATUSES,
     V1,
     V2,
     Accepted,
+    answers_table,
     retry_after_seconds,
 )
 
@@ -203,20 +207,43 @@ def test_retry_after_integer_seconds_are_taken_as_given(value: int) -> None:
 # -- 5xx ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", sorted(RETRYABLE_STATUSES))
-def test_transient_5xx_is_not_sent(status: int) -> None:
-    """500/502/503/504 prove nothing was queued (the docs call them transient): NotSent, retried."""
-    error = _raised(status, _error_body("service_unavailable", "Try later"))
-    assert type(error) is NotSent
-    assert (error.code, error.status, error.request) == ("service_unavailable", status, REQUEST)
+def test_503_is_not_sent_and_pauses_like_a_429() -> None:
+    """503 says "not processed, come back later": RateLimited (a NotSent: retried after the
+    sending number's pause), with its Retry-After when given and without one otherwise."""
+    error = _raised(503, _error_body("service_unavailable", "Try later"), "7")
+    assert type(error) is RateLimited
+    assert isinstance(error, NotSent)
+    assert (error.code, error.status, error.retry_after) == ("service_unavailable", 503, 7.0)
+    bare = _raised(503, b"<html>Service Unavailable</html>")
+    assert isinstance(bare, RateLimited)
+    assert (bare.code, bare.retry_after) == ("service_unavailable", None)
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_500_502_504_may_have_been_accepted(status: int) -> None:
+    """A 502/504 comes from a gateway, often after the service behind it accepted the request,
+    and a 500 can come after part of a batch was queued: MaybeSent (`unknown`, not resent)."""
+    error = _raised(status, _error_body("internal_error", "oops"), "3")
+    assert type(error) is MaybeSent
+    assert (error.code, error.status, error.request) == ("internal_error", status, REQUEST)
+    assert status in AMBIGUOUS_STATUSES
+    assert status not in RETRYABLE_STATUSES
 
 
 def test_5xx_without_a_json_body_gets_an_http_code() -> None:
     """A proxy's HTML 502 page still classifies, with a code made from the status."""
     error = _raised(502, b"<html>Bad Gateway</html>")
-    assert type(error) is NotSent
+    assert type(error) is MaybeSent
     assert error.code == "http_502"
     assert str(error) == "HTTP 502"
+
+
+def test_the_answers_table_covers_each_status_class_once() -> None:
+    """Every status the classification singles out appears in exactly one row of ANSWERS."""
+    for status in (429, 503, 500, 502, 504, 400, 404, 413, 401, 403):
+        rows = [a for a in ANSWERS if str(status) in a.answer.replace(",", " ").split()]
+        assert len(rows) == 1, (status, rows)
+    assert answers_table().count("\n") == len(ANSWERS) + 2
 
 
 # -- 4xx ---------------------------------------------------------------------------------------
@@ -353,3 +380,13 @@ def test_envelopes_and_templates_spell_each_version() -> None:
         full = protocol.message("+14155550000", sender, "hi", {})
         assert orjson.loads(plain) == orjson.loads(full)
         assert plain == full
+
+
+def test_the_readme_shows_the_answers_table() -> None:
+    """The README's table of answers is `ANSWERS`, row for row: the documentation of what each
+    answer proves can't drift from the code that decides it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- answers: generated from streamsend._protocol.answers_table() -->")
+    end = readme.index("<!-- /answers -->")
+    shown = readme[start:end].split("\n", 1)[1]
+    assert shown == answers_table()

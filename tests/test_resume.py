@@ -73,6 +73,7 @@ class Sending:
             STREAMSEND_BACKOFF_BASE="0.01",
             STREAMSEND_BACKOFF_CAP="0.05",
             STREAMSEND_LOG_FORMAT="json",
+            STREAMSEND_RATE="unlimited",  # these tests are about crashes, not pacing
             **(extra_env or {}),
         )
 
@@ -410,7 +411,7 @@ def test_in_flight_lines_are_reported_unknown_once_across_resumes(tmp_path: Path
                 "--log-format",
                 "json",
             ],
-            env=clean_env(),
+            env=clean_env(STREAMSEND_RATE="unlimited"),
             capture_output=True,
             timeout=60,
             check=False,

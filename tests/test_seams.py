@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,9 +26,26 @@ from streamsend._journal import Decision, FileJournal
 from streamsend._models import BatchOutcome, Encoding, Message, Outcome, Status
 from streamsend._outcomes import FileSink, MemorySink, OutcomeEncoder
 from streamsend._pacing import LATENESS_SLACK_S, LocalRateLimiter
+from streamsend._redis_job import RedisJob
+from streamsend._redis_limiter import RedisRateLimiter
+from streamsend._redis_seams import RedisSink
 from streamsend._source import read_inputs
 from streamsend._types import Journal, LineBlock, LineSource, OutcomeSink, RateLimiter
 from streamsend.testing import lines_from
+from tests.redis_fixtures import (
+    SHARED_REDIS_URL,
+    close_tracked_clients,
+    require_redis,
+    tracked_client,
+)
+
+
+@pytest.fixture(autouse=True)
+async def _close_redis_clients() -> AsyncIterator[None]:
+    """The Redis implementations' clients, closed after each test."""
+    yield
+    await close_tracked_clients()
+
 
 # -- LineSource ---------------------------------------------------------------------------------
 
@@ -135,9 +155,30 @@ def _memory_sink(tmp: Path, name: str) -> SinkUnderTest:
     )
 
 
+def _redis_sink(tmp: Path, name: str) -> SinkUnderTest:
+    """A job's outcome stream (a job of its own on the shared Redis), read back as `collect`
+    reads it."""
+    require_redis(SHARED_REDIS_URL)
+    job = RedisJob(tracked_client(SHARED_REDIS_URL), f"test-sink-{uuid.uuid4().hex[:12]}")
+    sink = RedisSink(job, None, None, None)
+
+    def read_back() -> list[dict[str, object]]:
+        client: Any = redis.Redis.from_url(SHARED_REDIS_URL)
+        try:
+            data = b"".join(fields[b"o"] for _, fields in client.xrange(job.outcomes))
+            for key in (job.outcomes, job.meta):  # read more than once: expire, don't delete
+                client.expire(key, 600)
+        finally:
+            client.close()
+        return [orjson.loads(line) for line in data.splitlines()]
+
+    return SinkUnderTest(sink, read_back)
+
+
 OUTCOME_SINKS: dict[str, Callable[[Path, str], SinkUnderTest]] = {
     "file": _file_sink,
     "memory": _memory_sink,
+    "redis": _redis_sink,
 }
 
 
@@ -333,7 +374,22 @@ def _local_limiter() -> RateLimiter:
     return LocalRateLimiter(rates.get, batch_size=BATCH)
 
 
-RATE_LIMITERS: dict[str, Callable[[], RateLimiter]] = {"local": _local_limiter}
+def _redis_limiter() -> RateLimiter:
+    """The shared GCRA limiter, on rate keys of its own in the shared Redis."""
+    require_redis(SHARED_REDIS_URL)
+    rates = {"paced": RATE, "other": RATE}
+    return RedisRateLimiter(
+        tracked_client(SHARED_REDIS_URL),
+        rates.get,
+        batch_size=BATCH,
+        prefix=f"streamsend-test:{uuid.uuid4().hex[:12]}:rate:",
+    )
+
+
+RATE_LIMITERS: dict[str, Callable[[], RateLimiter]] = {
+    "local": _local_limiter,
+    "redis": _redis_limiter,
+}
 
 
 @pytest.fixture(params=sorted(RATE_LIMITERS))

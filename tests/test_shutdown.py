@@ -71,6 +71,7 @@ def start_send(
                 STREAMSEND_FROM=V1_LIST,
                 STREAMSEND_BATCH_SIZE="1000",
                 STREAMSEND_CONCURRENCY="4",
+                STREAMSEND_RATE="unlimited",  # these tests are about stopping, not pacing
             ),
         )
 
@@ -213,6 +214,7 @@ async def _pipeline_in_flight(
         linger_ms=10,
         drain_timeout=30,
         fsync="off",
+        rate=None,  # unpaced: requests must be in flight at once
     )
     pipeline = Pipeline(
         settings,

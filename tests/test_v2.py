@@ -81,7 +81,7 @@ async def run_pipeline(
 ) -> tuple[int, dict[int, Outcome], RecordingLog]:
     """Run the pipeline in-process (v2, --from V2_LIST unless overridden) over `lines`."""
     defaults = Settings(
-        base_url=base_url, api_version="v2", sender=V2_LIST, fsync="off", linger_ms=20.0
+        base_url=base_url, api_version="v2", sender=V2_LIST, fsync="off", linger_ms=20.0, rate=None
     )
     settings = replace(defaults, **fields)
     sink = MemorySink()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 BATCH_SIZE = 1000
 V1_BULK_PATH = "/v1/messages/bulk"
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(
+    description: str, extra: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
+    """The shared flags; `extra` adds a baseline's own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("input", type=Path, help="NDJSON file, one message per line")
     parser.add_argument("--base-url", required=True, help="API base URL, e.g. http://HOST:PORT/api")
@@ -20,6 +24,8 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument(
         "--stats", type=Path, help="write {elapsed_seconds, request_latencies_s} here at the end"
     )
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 

@@ -1,7 +1,8 @@
 """The minimal asyncio client: aiohttp + orjson, batches of 1,000, 8 requests in flight.
 
 The quick script a competent engineer writes in an afternoon: read lines, `orjson.loads` each,
-put 1,000-message batches on a bounded queue, 8 workers post them over one keep-alive session,
+put 1,000-message batches on a bounded queue, 8 workers post them over one keep-alive session
+(`--in-flight N` for another number: the adaptive-concurrency scenario holds exactly 4),
 and each answer becomes one `orjson.dumps` outcome line per message. No input validation, no
 retries, no pacing, no journal.
 """
@@ -29,13 +30,19 @@ Batch = tuple[int, list[dict[str, Any]]]  # (first line number, messages)
 
 
 async def run() -> int:
-    args = parse_args(__doc__.split("\n\n")[0])
+    args = parse_args(
+        __doc__.split("\n\n")[0],
+        lambda parser: parser.add_argument(
+            "--in-flight", type=int, default=IN_FLIGHT, help=f"requests in flight ({IN_FLIGHT})"
+        ),
+    )
+    in_flight: int = args.in_flight
     started = time.perf_counter()
     url = args.base_url.rstrip("/") + V1_BULK_PATH
     headers = {"X-Api-Key": api_key(), "Content-Type": "application/json"}
     latencies: list[float] = []
     failed = 0
-    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=IN_FLIGHT * 2)
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=in_flight * 2)
     outcomes = args.outcomes.open("wb")
 
     async def post_batches(session: aiohttp.ClientSession) -> None:
@@ -68,9 +75,9 @@ async def run() -> int:
                 lines.append(orjson.dumps(outcome))
             outcomes.write(b"\n".join(lines) + b"\n")
 
-    connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
+    connector = aiohttp.TCPConnector(limit=in_flight)
     async with aiohttp.ClientSession(connector=connector) as session:
-        workers = [asyncio.create_task(post_batches(session)) for _ in range(IN_FLIGHT)]
+        workers = [asyncio.create_task(post_batches(session)) for _ in range(in_flight)]
         with args.input.open("rb") as lines:
             batch: list[dict[str, Any]] = []
             first_line = 1

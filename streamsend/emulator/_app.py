@@ -3,6 +3,7 @@
 Every request to `/api` goes through one path, in this order, which is the order the faults'
 semantics depend on:
 
+    0. beyond `max_in_flight` requests in flight (when set), answer 429 with Retry-After
     1. count it (its sequence number), check `X-Api-Key` (401s) before touching the body
     2. draw its fault and latency (seeded, in arrival order; see `_faults`)
     3. read the body, refusing more than 5,000,000 bytes (413), and decode it (400 invalid_json)
@@ -134,6 +135,15 @@ async def _close_without_answer(request: web.BaseRequest) -> NoReturn:
     raise AssertionError("unreachable: the handler is cancelled when its connection closes")
 
 
+def _first_half(payload: Any) -> Any:
+    """The request with only the first half of its messages (at least one): what a service that
+    failed midway through a batch has queued. Anything without a message array is unchanged."""
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    if type(messages) is not list or len(messages) < 2:
+        return payload
+    return {**payload, "messages": messages[: len(messages) // 2]}
+
+
 def _lists_named(endpoint: Endpoint, payload: object) -> frozenset[str]:
     """The sending lists a decoded request names (for the faults' `lists` filter)."""
     if not isinstance(payload, dict):
@@ -189,15 +199,29 @@ class EmulatorService:
     def _handler_for(
         self, endpoint: Endpoint
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        cap = self.config.max_in_flight
+
         async def handle(request: web.Request) -> web.StreamResponse:
             stats = self.stats
             sequence = stats.request_started()
             try:
+                if cap is not None and stats.in_flight > cap:
+                    return await self._over_in_flight_cap(request, endpoint)
                 return await self._serve(request, endpoint, sequence)
             finally:
                 stats.request_ended()
 
         return handle
+
+    async def _over_in_flight_cap(self, request: web.Request, endpoint: Endpoint) -> web.Response:
+        """429 before anything else (a gateway's answer): nothing is queued, the body is read
+        only so that the connection stays usable."""
+        await request.read()
+        self.stats.over_in_flight_cap += 1
+        headers = {**(_V1_HEADERS if endpoint.api == "v1" else {})}
+        headers["Retry-After"] = self.faults.retry_after_header
+        refusal = _Refusal(429, "too_many_in_flight", "Too many requests in flight, retry later")
+        return self._refuse(refusal, headers)
 
     async def _serve_stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats.snapshot()), content_type=_JSON)
@@ -237,6 +261,8 @@ class EmulatorService:
         fault = draw.fault
         if fault in BEFORE_QUEUEING:
             return await self._fault_before_queueing(request, draw, headers)
+        if fault is Fault.PARTIAL_500 and refusal is None:
+            payload = _first_half(payload)
         if refusal is None:
             try:
                 answer = self._accept(endpoint, payload, sequence, arrival)
@@ -257,6 +283,13 @@ class EmulatorService:
         if fault is Fault.TRUNCATED_BODY:
             self._count_fault(fault, TRUNCATED)
             await self._answer_truncated(request, answer, headers)
+        if fault is Fault.GATEWAY_AFTER or fault is Fault.PARTIAL_500:
+            # The messages (or half of them) are queued and the ledger has them; the answer
+            # says only that something went wrong, as a gateway or a crashing handler does.
+            self.stats.faults[fault] += 1
+            status = draw.status_5xx if fault is Fault.GATEWAY_AFTER else 500
+            code, text = _5XX_ERRORS[status]
+            return self._refuse(_Refusal(status, code, text), headers)
         self.stats.by_status["201"] += 1
         return web.Response(body=answer, status=201, headers=headers, content_type=_JSON)
 

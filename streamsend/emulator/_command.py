@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the key of --tls-cert")
     serve.add_argument(
+        "--max-in-flight",
+        type=int,
+        metavar="N",
+        help="answer requests beyond N in flight 429 with Retry-After (--retry-after), as a "
+        "gateway capping concurrency would (default: no cap)",
+    )
+    serve.add_argument(
         "--no-validate",
         action="store_false",
         dest="validate",
@@ -157,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-after": "queued, then the connection closed without an answer",
         "--hang": "queued and never answered",
         "--truncated-body": "queued and answered 201 with the body cut off",
+        "--gateway-after": "queued, then answered 502/504 (a gateway whose upstream accepted)",
+        "--partial-500": "half their messages queued, then answered 500",
     }
     for flag, meaning in fault_flags.items():
         faults.add_argument(flag, type=float, metavar="F", help=f"fraction of requests {meaning}")
@@ -243,6 +252,7 @@ _TOP_KEYS: dict[str, _Converter] = {
     "validate": _boolean,
     "tls_cert": _path,
     "tls_key": _path,
+    "max_in_flight": _integer,
 }
 _FAULT_KEYS: dict[str, _Converter] = {
     field.name: _number for field in fields(FaultConfig) if field.name not in ("seed", "lists")
@@ -299,7 +309,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
     if args.config is not None:
         config = load_config_file(args.config, config)
     top: dict[str, object] = {}
-    for name in ("host", "port", "api_keys", "v1_lists", "v2_lists", "validate"):
+    for name in ("host", "port", "api_keys", "v1_lists", "v2_lists", "validate", "max_in_flight"):
         value = getattr(args, name)
         if value is not None:
             top[name] = tuple(value) if isinstance(value, list) else value
@@ -320,6 +330,8 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
             fault_settings[name] = value
     for name, attribute in (
         ("truncated_body", "truncated_body"),
+        ("gateway_after", "gateway_after"),
+        ("partial_500", "partial_500"),
         ("retry_after_s", "retry_after"),
         ("latency_ms", "latency_ms"),
         ("latency_spread_ms", "latency_spread_ms"),

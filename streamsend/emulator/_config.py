@@ -18,15 +18,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from streamsend._pacing import DEFAULT_RATE_PER_MIN, SERVICE_STALE_AFTER_S, parse_rate
+
 #: The service's strict E.164 form: "+", then 8 to 15 digits, the first not 0.
 E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 
 #: The documented default send rate of a sending list.
-DEFAULT_SEND_RATE_PER_MIN = 17_000.0
+DEFAULT_SEND_RATE_PER_MIN = float(DEFAULT_RATE_PER_MIN)
 #: Messages that would wait longer than this in a list's queue are dropped by the service.
-DEFAULT_STALE_AFTER_S = 30 * 60.0
+DEFAULT_STALE_AFTER_S = float(SERVICE_STALE_AFTER_S)
 
 _EMPTY_RATES: Mapping[str, float] = MappingProxyType({})
+
+#: The fault fractions of `FaultConfig`, in the order they partition a request's draw.
+_FRACTIONS = (
+    "error_5xx",
+    "rate_429",
+    "drop_before",
+    "drop_after",
+    "hang",
+    "truncated_body",
+    "gateway_after",
+    "partial_500",
+)
 
 
 class EmulatorConfigError(ValueError):
@@ -43,7 +57,7 @@ DEFAULT_V2_LIST = "+18005551000"
 class FaultConfig:
     """Which faults to inject, as fractions of requests, drawn from one seeded generator.
 
-    The six fault fractions partition one uniform draw per request, so together they may not
+    The eight fault fractions partition one uniform draw per request, so together they may not
     exceed 1. `lists`, when non-empty, limits every fault (latency included) to requests for
     those sending lists (v1 ids or v2 list numbers).
     """
@@ -58,6 +72,10 @@ class FaultConfig:
     drop_after: float = 0.0
     hang: float = 0.0
     truncated_body: float = 0.0
+    # A gateway's 502/504 after the service behind it queued the request (see `_faults`).
+    gateway_after: float = 0.0
+    # A 500 after the first half of the request's messages were queued.
+    partial_500: float = 0.0
     lists: tuple[str, ...] = ()
 
     @property
@@ -67,15 +85,8 @@ class FaultConfig:
 
     @property
     def fault_total(self) -> float:
-        """The fraction of requests that get one of the six faults."""
-        return (
-            self.error_5xx
-            + self.rate_429
-            + self.drop_before
-            + self.drop_after
-            + self.hang
-            + self.truncated_body
-        )
+        """The fraction of requests that get one of the eight faults."""
+        return math.fsum(float(getattr(self, name)) for name in _FRACTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +107,10 @@ class EmulatorConfig:
     # (a private CA, a proxy tunnelling with CONNECT) end to end.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Requests beyond this many in flight are answered 429 with Retry-After, as a gateway that
+    # caps concurrency would (None: no cap). For rehearsing adaptive concurrency.
+    max_in_flight: int | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
-
-
-_FRACTIONS = ("error_5xx", "rate_429", "drop_before", "drop_after", "hang", "truncated_body")
 
 
 def check_config(config: EmulatorConfig) -> None:
@@ -120,6 +131,8 @@ def check_config(config: EmulatorConfig) -> None:
             raise EmulatorConfigError(f"v2_lists: {number!r} is not an E.164 number")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise EmulatorConfigError("tls_cert and tls_key go together: give both to serve HTTPS")
+    if config.max_in_flight is not None and config.max_in_flight < 1:
+        raise EmulatorConfigError(f"max_in_flight: {config.max_in_flight} must be 1 or more")
     _check_rate("send_rate_per_min", config.send_rate_per_min)
     known = set(config.v1_lists) | set(config.v2_lists)
     for name, rate in config.list_rates_per_min.items():
@@ -151,17 +164,13 @@ def _check_faults(faults: FaultConfig) -> None:
             raise EmulatorConfigError(f"faults.{name}: {value} must be zero or more")
 
 
-_RATE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*")
-_RATE_PER = {"s": 60.0, "sec": 60.0, "second": 60.0, "m": 1.0, "min": 1.0, "minute": 1.0}
-_RATE_PER |= {"h": 1 / 60, "hour": 1 / 60}
-
-
 def parse_rate_per_min(text: str) -> float:
-    """Parse a send rate such as `17000/min`, `300/s` or a bare `17000` (per minute)."""
-    match = _RATE.fullmatch(text)
-    if match is None:
-        raise EmulatorConfigError(f"send rate {text!r}: expected e.g. 17000/min, 300/s or 17000")
-    value = float(match.group(1)) * _RATE_PER[match.group(2) or "min"]
+    """Parse a send rate such as `17000/min` or `300/s` (streamsend's own `parse_rate`: the unit
+    is required, so `--send-rate 600` can't mean one thing here and another to `send`)."""
+    try:
+        value: float = parse_rate(text) * 60
+    except ValueError as exc:
+        raise EmulatorConfigError(f"send rate: {exc}") from None
     _check_rate(f"send rate {text!r}", value)
     return value
 

@@ -5,7 +5,7 @@ whatever the request turns out to be: once for the fault, once for the latency s
 given seed and a given order of requests reproduce the same faults, and changing the
 `lists` filter or the body of one request doesn't shift the faults of all later ones.
 
-The six fault fractions partition the first draw `u` in a fixed order:
+The eight fault fractions partition the first draw `u` in a fixed order:
 
     [0, error_5xx)       answered 500/502/503/504 (which one is read from `u` too), nothing queued
     next rate_429        answered 429 with Retry-After, nothing queued
@@ -13,11 +13,15 @@ The six fault fractions partition the first draw `u` in a fixed order:
     next drop_after      messages queued, then the connection closed with no answer
     next hang            messages queued, and no answer ever (until the client gives up)
     next truncated_body  messages queued, 201 sent with a body cut off mid-way
+    next gateway_after   messages queued, then a gateway's 502 or 504 (read from `u`) instead of
+                         the 201: what a reverse proxy answers when its upstream was slow
+    next partial_500     the first half of the messages queued, then a 500
     the rest             no fault
 
-Faults of the first three kinds are decided before the request is processed; the last three
-only apply to requests that were accepted (a request-level error such as `missing_from` is
-answered normally, because there was nothing to queue).
+Faults of the first three kinds are decided before the request is processed; the others only
+apply to requests that were accepted (a request-level error such as `missing_from` is answered
+normally, because there was nothing to queue). The two last kinds are appended after the others
+so that a seed gives the same faults as before they existed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import NamedTuple
 from streamsend.emulator._config import FaultConfig
 
 _5XX_STATUSES = (500, 502, 503, 504)
+_GATEWAY_STATUSES = (502, 504)
 
 
 class Fault(StrEnum):
@@ -41,6 +46,8 @@ class Fault(StrEnum):
     DROP_AFTER = "drop_after"
     HANG = "hang"
     TRUNCATED_BODY = "truncated_body"
+    GATEWAY_AFTER = "gateway_after"
+    PARTIAL_500 = "partial_500"
 
 
 #: Faults decided before the request is processed: nothing is queued.
@@ -48,7 +55,8 @@ BEFORE_QUEUEING = frozenset({Fault.ERROR_5XX, Fault.RATE_429, Fault.DROP_BEFORE}
 
 
 class FaultDraw(NamedTuple):
-    """What one request gets: a fault (or None), the 5xx status to use, and added latency."""
+    """What one request gets: a fault (or None), the 5xx status to use (error_5xx,
+    gateway_after), and added latency."""
 
     fault: Fault | None
     status_5xx: int
@@ -98,7 +106,8 @@ class FaultInjector:
             if u < upper:
                 # Which 5xx: the position of `u` inside the fault's own slice, so no extra draw.
                 share = (u - lower) / (upper - lower)
-                status = _5XX_STATUSES[min(3, int(share * len(_5XX_STATUSES)))]
+                statuses = _GATEWAY_STATUSES if fault is Fault.GATEWAY_AFTER else _5XX_STATUSES
+                status = statuses[min(len(statuses) - 1, int(share * len(statuses)))]
                 return FaultDraw(fault, status, delay_s)
             lower = upper
         return FaultDraw(None, 500, delay_s)

@@ -9,6 +9,7 @@
     dropped_stale        of the queued ones, those the send-rate model drops as stale
     largest_request_*    the most messages / body bytes seen in one request
     in_flight            requests being handled now (hung ones included); peak_in_flight the most
+    over_in_flight_cap   requests answered 429 because max_in_flight were being handled already
     faults               how many requests got each fault, and how many got added latency
     per_list             per configured sending list: queued, rejected, dropped_stale, requests
 
@@ -39,6 +40,8 @@ class FaultCounts(TypedDict):
     drop_after: int
     hang: int
     truncated_body: int
+    gateway_after: int
+    partial_500: int
     latency: int
 
 
@@ -54,6 +57,7 @@ class EmulatorStatsSnapshot(TypedDict):
     largest_request_bytes: int
     peak_in_flight: int
     in_flight: int
+    over_in_flight_cap: int
     faults: FaultCounts
     per_list: dict[str, ListCounts]
 
@@ -71,6 +75,7 @@ class EmulatorStats:
         "latency_faults",
         "messages_queued",
         "messages_rejected",
+        "over_in_flight_cap",
         "peak_in_flight",
         "rate_model",
         "requests_total",
@@ -87,6 +92,7 @@ class EmulatorStats:
         self.largest_request_bytes = 0
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.over_in_flight_cap = 0
         self.faults: Counter[Fault] = Counter()
         self.latency_faults = 0
 
@@ -121,6 +127,7 @@ class EmulatorStats:
             "largest_request_bytes": self.largest_request_bytes,
             "peak_in_flight": self.peak_in_flight,
             "in_flight": self.in_flight,
+            "over_in_flight_cap": self.over_in_flight_cap,
             "faults": {
                 "error_5xx": self.faults[Fault.ERROR_5XX],
                 "rate_429": self.faults[Fault.RATE_429],
@@ -128,6 +135,8 @@ class EmulatorStats:
                 "drop_after": self.faults[Fault.DROP_AFTER],
                 "hang": self.faults[Fault.HANG],
                 "truncated_body": self.faults[Fault.TRUNCATED_BODY],
+                "gateway_after": self.faults[Fault.GATEWAY_AFTER],
+                "partial_500": self.faults[Fault.PARTIAL_500],
                 "latency": self.latency_faults,
             },
             "per_list": {
