@@ -162,3 +162,21 @@ def test_interrupted_run_says_what_is_left_and_its_resume_command_works(tmp_path
     history = outcome_history(out, skip_torn=False)
     assert set(history) == set(range(1, lines + 1))
     assert Counter(len(h) for h in history.values()) == Counter({1: lines})
+
+
+def test_demo_says_the_deprecation_in_words(tmp_path: Path) -> None:
+    """`streamsend demo` tells the v1 deprecation as one friendly note in its own output, not
+    as a raw `api_deprecated` log event in the middle of it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streamsend", "demo", "--messages", "200"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    output = done.stdout.decode() + done.stderr.decode()
+    assert "note: the v1 API is deprecated; move with --api-version v2" in done.stdout.decode()
+    assert "api_deprecated" not in output
