@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -41,15 +42,22 @@ def run_on_a_terminal(args: list[str], cwd: Path, timeout_s: float = 60) -> tupl
     os.close(follower)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: every writer has closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            # select first: a run that hangs must fail this test, not block it forever.
+            if not select.select([leader], [], [], left)[0]:
+                continue
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        if process.poll() is None and time.monotonic() >= deadline:
+            process.kill()
     code = process.wait(timeout=10)
     return code, _ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
 
