@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from streamsend._campaign import source_refusals
 from streamsend._config import Settings
 from streamsend._exceptions import InputError
 from streamsend._models import Message, Outcome
@@ -58,6 +59,8 @@ async def enqueue(
         messages: list[Message] = []
         invalid: list[Outcome] = []
         validator.validate_lines(block.source, block.first_line, block.lines, messages, invalid)
+        if block.errors:  # records the source refused itself (a CSV row without a recipient)
+            invalid.extend(source_refusals(block))
         if not block.lines:
             continue
         number = await until_reachable(partial(job.source_number, block.source), log, "enqueue")

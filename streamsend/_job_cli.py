@@ -37,7 +37,21 @@ class SendCommand:
 
 
 #: `send` flags `enqueue` takes: what decides how a line is validated and encoded.
-INPUT_FLAGS = ("config", "api_version", "sender", "max_line_bytes", "log_level", "log_format")
+INPUT_FLAGS = (
+    "config",
+    "api_version",
+    "sender",
+    "max_line_bytes",
+    "log_level",
+    "log_format",
+    # CSV/TSV inputs and templates (see _campaign)
+    "input_format",
+    "to_column",
+    "body_column",
+    "ref_column",
+    "template",
+    "template_file",
+)
 #: `send` flags `worker` takes: how messages are delivered.
 DELIVERY_FLAGS = (
     "config",
@@ -108,7 +122,8 @@ def enqueue_main(argv: Sequence[str], send: SendCommand) -> int:
     """`streamsend enqueue INPUT... --job NAME`: validate, append to the job's streams."""
     parser = _parser(
         "streamsend enqueue",
-        "Validate NDJSON lines like `send` and append them to a job in Redis for workers to "
+        "Validate input lines (NDJSON, CSV, TSV) like `send` and append them to a job in Redis "
+        "for workers to "
         "send; invalid lines get their outcome at once. Enqueueing the same input again adds "
         "nothing.",
         send,
@@ -133,12 +148,19 @@ def enqueue_main(argv: Sequence[str], send: SendCommand) -> int:
             raise ConfigError(f"--from: {problem}")
 
     async def run() -> int:
+        from streamsend._campaign import Campaign
         from streamsend._enqueue import enqueue
         from streamsend._source import read_inputs
 
         log = _logger(settings)
+        campaign = Campaign.load(settings)
         async with _job(settings, args.job) as job:
-            source = read_inputs(inputs, max_line_bytes=settings.max_line_bytes)
+            source = read_inputs(
+                inputs,
+                max_line_bytes=settings.max_line_bytes,
+                input_format=settings.input_format,
+                columns=campaign.columns,
+            )
             result = await enqueue(settings, job, source, complete=not args.more, log=log)
         print(
             f"job {args.job}: {result.added} lines enqueued, {result.invalid} invalid "

@@ -319,3 +319,23 @@ async def test_fencing_check_holds_when_the_ids_range_has_more_of_our_entries(
     await job.client.execute_command("XCLAIM", stream, "workers", "new", 0, ids[-1])
     assert not await job.start(stream, "old", 2, [ids[0], ids[-1]])
     assert await job.renew(stream, "old", [ids[0], ids[150], ids[-1]]) == [ids[-1]]
+
+
+async def test_enqueue_reads_csv_with_a_template_as_send_does(
+    job: RedisJob, tmp_path: Path
+) -> None:
+    """`enqueue` takes `send`'s input options: a CSV with a body template is enqueued row by
+    row, and a row the template can't fill gets its `invalid` outcome at once."""
+    from streamsend._campaign import Campaign
+
+    path = tmp_path / "campaign.csv"
+    path.write_text("to_msisdn,name\n+14155550001,Ana\n+14155550002,\n+14155550003,Bo\n")
+    settings = _settings(_sender(), input_format="csv", template="Hi {name}!")
+    columns = Campaign.load(settings).columns
+    result = await enqueue(
+        settings, job, read_inputs([str(path)], input_format="csv", columns=columns)
+    )
+    assert (result.added, result.invalid) == (2, 1)
+    [invalid] = await _collected(job)
+    assert invalid["status"] == "invalid"
+    assert invalid["line"] == 3
