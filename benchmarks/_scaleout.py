@@ -248,12 +248,27 @@ def _three_paced(
     input_path = write_input(plan.data_dir / f"input-scaleout-paced-{messages}.ndjson", messages)
     job = _new_job(plan, input_path, env, "--from", SENDER)
     offset = emulator.ledger_size()
+    queued_before = emulator.messages_queued()
     children = _workers(plan, job, env, emulator.base_url, 3, ["--rate", f"{rate}/s"], "paced")
     shares = _shares(job)
-    _quiet(_streamsend("job", "purge", job), env)
-    if any(c.exit_code for c in children):
-        failures.append("three workers paced: a worker failed")
-    arrivals = analysis.arrivals_from_ledger(emulator.ledger_since(offset))
+    outcomes = plan.data_dir / "runs" / "scaleout-paced.outcomes.ndjson"
+    _collect_and_purge(plan, job, env, outcomes)
+    # One `queued` outcome per line, and the service queued each line once (as many as lines).
+    problem = check_run(
+        exit_code=max(c.exit_code for c in children),
+        timed_out=any(c.timed_out for c in children),
+        outcomes=outcomes,
+        expected=messages,
+        queued_delta=emulator.messages_queued() - queued_before,
+    )
+    remove_run_files(outcomes)
+    if problem:
+        failures.append(f"three workers paced: {problem}")
+    ledger = emulator.ledger_since(offset)
+    ledger_lines = ledger.count(b"\n")
+    if ledger_lines != messages:  # a line in the ledger twice would be a second sending
+        failures.append(f"three workers paced: {ledger_lines} ledger lines, not {messages}")
+    arrivals = analysis.arrivals_from_ledger(ledger)
     batch = max(a.messages for a in arrivals)
     accuracy = analysis.paced_accuracy(arrivals, target_per_s=rate, batch=batch)
     row = {

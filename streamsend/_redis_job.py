@@ -330,6 +330,7 @@ class Reclaimed:
     entries: list[tuple[bytes, bytes]]  # (id, packed) now pending to us
     started: dict[bytes, bytes]  # id -> "<worker> <request>" for those that may have left
     deleted: list[bytes]  # IDs deleted while pending: no message left to send
+    deliveries: dict[bytes, int]  # id -> how many workers have taken it, this one included
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,11 +544,16 @@ class RedisJob:
             if cursor in (b"0-0", "0-0"):
                 break
         started: dict[bytes, bytes] = {}
+        deliveries: dict[bytes, int] = {}
         if entries:
             ids = [e[0] for e in entries]
             records: list[bytes | None] = await self.client.hmget(self.started, ids)
             started = {i: r for i, r in zip(ids, records, strict=True) if r is not None}
-        return Reclaimed(entries, started, deleted)
+            pending = await self.client.xpending_range(
+                stream, GROUP, min=ids[0], max=ids[-1], count=len(ids) + 1000, consumername=worker
+            )
+            deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        return Reclaimed(entries, started, deleted, deliveries)
 
     async def heartbeat(self, worker: str, beat: bytes) -> None:
         await self.client.hset(self.workers, worker, beat)

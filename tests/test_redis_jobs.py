@@ -339,3 +339,29 @@ async def test_enqueue_reads_csv_with_a_template_as_send_does(
     [invalid] = await _collected(job)
     assert invalid["status"] == "invalid"
     assert invalid["line"] == 3
+
+
+async def test_a_line_every_worker_dies_on_ends_failed_after_the_delivery_limit(
+    job: RedisJob, tmp_path: Path, emulator: EmulatorFactory
+) -> None:
+    """Entries taken by worker after worker, none of which started a request for them, end
+    `failed` (never sent) once past the delivery limit, instead of stopping workers for ever;
+    entries under the limit are sent."""
+    sender = _sender()
+    emu = await emulator(v1_lists=(sender,))
+    await _enqueue_numbered(job, tmp_path, 6, sender)
+    stream = job.stream(sender)
+    ids = (await job.take(stream, "dead", 10))[0::2]
+    # As if taken 10 times (3 of them) or once (the others), the last taker long silent.
+    for claimed, retries in ((ids[:3], 10), (ids[3:], 1)):
+        await job.client.xclaim(
+            stream, "workers", "dead", 0, claimed, idle=600_000, retrycount=retries, justid=True
+        )
+    assert await _run_worker(job, _settings(sender, emu.base_url)) == ExitCode.OK
+    outcomes = {o["line"]: o for o in await _collected(job)}
+    assert {line: o["status"] for line, o in outcomes.items()} == {
+        **dict.fromkeys((1, 2, 3), "failed"),
+        **dict.fromkeys((4, 5, 6), "queued"),
+    }
+    assert outcomes[1]["code"] == "delivery_limit"
+    assert sorted(int(r["body"][1:]) for r in read_ledger(emu.config.ledger_path)) == [4, 5, 6]
