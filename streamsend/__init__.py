@@ -7,6 +7,8 @@ How data flows (one module per stage, bounded queues of batches between them):
       _csv_source  CSV/TSV records -> NDJSON lines, each at its record's first line
       _template    --template: each record's body rendered from its fields
     _validate  each line -> a Message (normalised, encoded for the wire) or an `invalid` Outcome
+    _campaign  which Messages go: sort_out -> `suppressed` (_suppress: the opt-out list),
+               `duplicate` (_dedupe), `expired` (_expiry: also checked before each attempt)
     _batcher   Messages -> Batches (one sending number, <= 1,000 messages, < 5,000,000 bytes)
     _dispatch  Batches -> HTTP requests (aiohttp), in three parts:
       _lanes     per sending number: queue, pacing (_pacing), 429 pause; shared request slots
@@ -20,8 +22,7 @@ How data flows (one module per stage, bounded queues of batches between them):
 Around them: _types (the shared aliases, `ExitCode`, and the four seams as Protocols: LineSource,
 OutcomeSink, Journal, RateLimiter), _protocol (the Trackly wire format of each API version),
 _models (the records), _exceptions, _config, _durable (fsync and torn lines), _segments, _stats,
-_logs, _metrics, _progress; _campaign (the campaign options, read once, and their flags);
-_cli (the command table), _usage (what every command's parser shares),
+_logs, _metrics, _progress; _cli (the command table), _usage (what every command's parser shares),
 _check and _demo (commands); _api (`Client`: the same run fed from Python).
 
 Scale-out (many workers on one job in Redis): _enqueue (validated lines -> a job's streams),

@@ -33,6 +33,7 @@ from streamsend._exceptions import (
     SendError,
     map_transport_error,
 )
+from streamsend._expiry import Expiry
 from streamsend._lanes import Lane, Lanes
 from streamsend._models import Message
 from streamsend._protocol import Accepted, WireProtocol
@@ -124,6 +125,7 @@ class AttemptLoop:
         log: Logger,
         rng: random.Random,
         first_request: int,
+        expiry: Expiry | None = None,
     ) -> None:
         self.session: aiohttp.ClientSession | None = None  # set by the dispatcher
         self._protocol = protocol
@@ -141,6 +143,7 @@ class AttemptLoop:
         self._rng = rng
         self._next_request = first_request
         self._warned_deprecated = False
+        self._expiry = expiry
 
     async def deliver(self, lane: Lane, messages: tuple[Message, ...]) -> None:
         request = self._next_request
@@ -151,6 +154,7 @@ class AttemptLoop:
         journaled = False
         maybe_accepted = False  # some attempt may have been accepted (only with --resend-unknown)
         ctx = SimpleNamespace(transmitted=False)  # the current attempt's transmission flag
+        offered = messages
         try:
             while True:
                 await self._lanes.wait_for_turn(lane, len(messages))
@@ -174,6 +178,15 @@ class AttemptLoop:
                 attempts += 1
                 ctx = SimpleNamespace(transmitted=False)
                 async with self._lanes.request_slot(lane) as epoch:
+                    # After the rate, a pause or a backoff, and the wait for a slot: a line past
+                    # its moment now must not leave (see _expiry).
+                    if self._expiry is not None and (late := self._expiry.late(messages)):
+                        recorder.expired(request, lane.sender, late, attempts - 1)
+                        gone = set(late)
+                        messages = tuple(m for m in messages if m not in gone)
+                        if not messages:
+                            break
+                        body = self._protocol.request_body(lane.sender, [m.wire for m in messages])
                     if not journaled:
                         recorder.started(request, messages)
                         # Journaled from here on: a cancellation during the fsync just below
@@ -256,6 +269,9 @@ class AttemptLoop:
                     transmitted=maybe_accepted or ctx.transmitted,
                 )
             raise
+        finally:
+            if self._expiry is not None:
+                self._expiry.forget(offered)
         await recorder.finished(request)
 
     def _retry_delay(

@@ -1,20 +1,31 @@
 """A campaign as people have them: what turns input records into messages and which of them go.
 
-`Campaign.load(settings)` reads the campaign options once (the template, the CSV columns) and
-is what the source (`columns`) and the pipeline use. The command-line flags for them are
-declared here too, once, for `send` and `check` alike.
+`Campaign.load(settings)` reads the campaign options once (the template, the CSV columns, the
+opt-out list, earlier runs' outcomes) and is what the source (`columns`), the pipeline
+(`sort_out`) and the attempt loop (`expiry`) use. The command-line flags for them are declared
+here too, once, for `send` and `check` alike.
+
+`sort_out` settles, for each validated message, whether it goes, in this order:
+suppressed (on the opt-out list) → duplicate (sent before, by --skip-sent; or a copy of an
+earlier line, by --dedupe) → expired (its moment passed already) → sent. With no opt-out list,
+no --skip-sent and --dedupe off, the pipeline skips it entirely (`sorts_out` is False), except
+for lines that carry a `send_before`.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from streamsend._config import Settings
 from streamsend._csv_source import CsvColumns
+from streamsend._dedupe import Dedupe, load_sent_recipients
 from streamsend._exceptions import ConfigError
-from streamsend._models import Outcome, Status
+from streamsend._expiry import Expiry
+from streamsend._models import Message, Outcome, Status
+from streamsend._suppress import NumberSet, Suppression, load_suppression
 from streamsend._template import Template, load_template
 from streamsend._types import LineBlock
 
@@ -56,16 +67,61 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template-file", metavar="PATH", help="read the template from a file")
 
 
+#: The settings the sorting-out flags set.
+SORTING_SETTINGS = ("suppress", "dedupe", "dedupe_window", "skip_sent", "expire_after")
+
+
+def add_sorting_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that say which messages go (send and check)."""
+    p.add_argument(
+        "--suppress",
+        action="append",
+        metavar="FILE",
+        help="opt-out list: numbers never to text (one per line, or CSV/NDJSON with a phone "
+        "column; gzip/zstd too); those lines end `suppressed`. Repeat for more files",
+    )
+    p.add_argument(
+        "--dedupe",
+        choices=("message", "recipient", "off"),
+        help="message (default): the same message to the same recipient again in this run is "
+        "`duplicate`; recipient: one message per recipient; off: send every line",
+    )
+    p.add_argument(
+        "--dedupe-window",
+        type=int,
+        metavar="N",
+        help="distinct messages --dedupe remembers at least (default 1048576; 32 bytes each, "
+        "at most twice that many)",
+    )
+    p.add_argument(
+        "--skip-sent",
+        action="append",
+        metavar="OUTCOMES",
+        help="recipients `queued` in this earlier run's outcomes file are `duplicate` (repeat "
+        "for more files)",
+    )
+    p.add_argument(
+        "--expire-after",
+        metavar="DURATION",
+        help="a line not sent within this long of being read (e.g. 2h, 90m) is `expired`, as "
+        "is one past its own `send_before` (RFC 3339)",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Campaign:
     """The campaign options of one run, read and checked once."""
 
     columns: CsvColumns
     template: Template | None = None
+    suppression: Suppression | None = None
+    sent_before: NumberSet | None = None  # --skip-sent: recipients queued by earlier runs
+    dedupe: Dedupe | None = None
+    expiry: Expiry = field(default_factory=lambda: Expiry(expire_after=None))
 
     @classmethod
-    def load(cls, settings: Settings) -> Campaign:
-        """Read the template; ConfigError naming the flag when something is wrong."""
+    def load(cls, settings: Settings, *, clock: Callable[[], float] = time.time) -> Campaign:
+        """Read the template and the files; ConfigError naming the flag when one is wrong."""
         try:
             template = load_template(settings.template, settings.template_file)
         except ValueError as exc:
@@ -78,7 +134,94 @@ class Campaign:
             ref_column=settings.ref_column,
             template=template,
         )
-        return cls(columns=columns, template=template)
+        return cls(
+            columns=columns,
+            template=template,
+            suppression=load_suppression(settings.suppress) if settings.suppress else None,
+            sent_before=load_sent_recipients(settings.skip_sent) if settings.skip_sent else None,
+            dedupe=None
+            if settings.dedupe == "off"
+            else Dedupe(settings.dedupe, window=settings.dedupe_window),
+            expiry=Expiry(expire_after=settings.expire_after, clock=clock),
+        )
+
+    @property
+    def sorts_out(self) -> bool:
+        """Whether any message could be held back other than by its own `send_before`."""
+        return (
+            self.suppression is not None
+            or self.sent_before is not None
+            or self.dedupe is not None
+            or self.expiry.expire_after is not None
+        )
+
+    def sort_out(self, messages: list[Message], block: LineBlock) -> list[Outcome]:
+        """Take the messages that don't go out of `messages`; return their outcomes."""
+        settled: list[Outcome] = []
+        if self.suppression is not None:
+            settled += _take_listed(messages, self.suppression.numbers, _suppressed)
+        if self.sent_before is not None:
+            settled += _take_listed(messages, self.sent_before, _sent_before)
+        if self.dedupe is not None:
+            settled += self.dedupe.sort_out(messages)
+        if block.deadlines or self.expiry.expire_after is not None:
+            settled += self.expiry.sort_out(messages, block)
+        return settled
+
+    def remember(self, messages: Sequence[Message]) -> None:
+        """Messages an earlier run settled (on --resume): copies of them are still duplicates."""
+        if self.dedupe is not None and messages:
+            listed = self.suppression.numbers if self.suppression is not None else None
+            # A suppressed line never reached --dedupe in the earlier run either.
+            kept = [m for m in messages if listed is None or m.to not in listed]
+            self.dedupe.remember(kept)
+
+
+def _take_listed(
+    messages: list[Message], numbers: NumberSet, outcome: Callable[[Message], Outcome]
+) -> list[Outcome]:
+    has = numbers.has_digits
+    listed = [i for i, m in enumerate(messages) if has(int(m.to[1:]))]
+    if not listed:
+        return []
+    outcomes = [outcome(messages[i]) for i in listed]
+    taken = set(listed)
+    messages[:] = [m for i, m in enumerate(messages) if i not in taken]
+    return outcomes
+
+
+def _suppressed(m: Message) -> Outcome:
+    return Outcome(
+        m.source,
+        m.line,
+        Status.SUPPRESSED,
+        "opted_out",
+        "the recipient is on the opt-out list (--suppress)",
+        m.to,
+        m.ref_json,
+        0,
+        None,
+        m.sender,
+        m.segments,
+        m.encoding,
+    )
+
+
+def _sent_before(m: Message) -> Outcome:
+    return Outcome(
+        m.source,
+        m.line,
+        Status.DUPLICATE,
+        "sent_before",
+        "an earlier run queued a message to this recipient (--skip-sent)",
+        m.to,
+        m.ref_json,
+        0,
+        None,
+        m.sender,
+        m.segments,
+        m.encoding,
+    )
 
 
 def source_refusals(block: LineBlock, lines: Sequence[int] | None = None) -> list[Outcome]:
@@ -93,4 +236,11 @@ def source_refusals(block: LineBlock, lines: Sequence[int] | None = None) -> lis
     ]
 
 
-__all__ = ["INPUT_SETTINGS", "Campaign", "add_input_arguments", "source_refusals"]
+__all__ = [
+    "INPUT_SETTINGS",
+    "SORTING_SETTINGS",
+    "Campaign",
+    "add_input_arguments",
+    "add_sorting_arguments",
+    "source_refusals",
+]

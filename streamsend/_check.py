@@ -28,7 +28,13 @@ from typing import BinaryIO, get_args
 
 import orjson
 
-from streamsend._campaign import add_input_arguments
+from streamsend._campaign import (
+    SORTING_SETTINGS,
+    Campaign,
+    add_input_arguments,
+    add_sorting_arguments,
+)
+from streamsend._config import load_settings
 from streamsend._csv_source import CsvColumns
 from streamsend._exceptions import ConfigError, InputError, StreamsendError
 from streamsend._formats import InputFormat, precheck_inputs
@@ -76,6 +82,7 @@ class CheckSummary:
     busiest_sender_messages: int = 0
     segment_spread: dict[int, int] = field(default_factory=dict)  # segments -> messages
     samples: tuple[str, ...] = ()  # the first few rendered bodies (with a template)
+    held_back: dict[str, int] = field(default_factory=dict)  # suppressed/duplicate/expired lines
 
     @property
     def invalid(self) -> int:
@@ -83,7 +90,7 @@ class CheckSummary:
 
     @property
     def lines(self) -> int:
-        return self.valid + self.invalid
+        return self.valid + self.invalid + sum(self.held_back.values())
 
     def duration_at(self, rate_per_s: float | None) -> float | None:
         """Seconds the campaign takes paced at `rate_per_s` per sending number (None: unpaced)."""
@@ -117,6 +124,7 @@ class CheckSummary:
             "estimated_seconds": self.duration_at(rate_per_s),
             "segment_spread": {str(k): v for k, v in sorted(self.segment_spread.items())},
             "samples": list(self.samples),
+            "held_back": dict(sorted(self.held_back.items())),
         }
         if price_per_segment is not None:
             # A string keeps every digit; a JSON float would round 0.1 + 0.2 the float way.
@@ -134,6 +142,7 @@ async def check_inputs(
     out: BinaryIO,
     input_format: InputFormat | None = None,
     columns: CsvColumns | None = None,
+    campaign: Campaign | None = None,
 ) -> CheckSummary:
     """Validate every line of `inputs`, write one NDJSON record per non-blank line to `out`.
 
@@ -154,6 +163,9 @@ async def check_inputs(
     dumps = orjson.dumps
 
     spread: dict[int, int] = {}
+    held_back: dict[str, int] = {}  # suppressed, duplicate, expired
+    sorting = campaign if campaign is not None and campaign.sorts_out else None
+    record: dict[str, object]
     samples: list[str] = []
     want_samples = columns is not None and columns.template is not None
     blocks = read_inputs(
@@ -172,6 +184,26 @@ async def check_inputs(
                 (code, error), ref_json = refused[number], b""
             else:
                 result = validator.validate(source, number, raw)
+                if isinstance(result, Message) and sorting is not None:
+                    settled = sorting.sort_out([result], block)
+                    sorting.expiry.forget([result])  # nothing is sent: no attempt checks it
+                    if settled:
+                        held = settled[0]
+                        held_back[held.status.value] = held_back.get(held.status.value, 0) + 1
+                        record = {
+                            "line": number,
+                            "source": source,
+                            "status": held.status.value,
+                            "code": held.code,
+                            "error": held.error,
+                            "to_msisdn": held.to_msisdn,
+                        }
+                        if held.duplicate_of is not None:
+                            record["duplicate_of"] = held.duplicate_of
+                        if held.ref_json:
+                            record["ref"] = orjson.Fragment(held.ref_json)
+                        records.append(dumps(record))
+                        continue
                 if isinstance(result, Message):
                     valid += 1
                     segments += result.segments
@@ -186,7 +218,7 @@ async def check_inputs(
                         extra[to] = extra.get(to, 0) + 1
                     else:
                         seen.add(to)
-                    record: dict[str, object] = {
+                    record = {
                         "line": number,
                         "source": source,
                         "status": "valid",
@@ -234,6 +266,7 @@ async def check_inputs(
         busiest_sender_messages=max(by_sender.values(), default=0),
         segment_spread=spread,
         samples=tuple(samples),
+        held_back=held_back,
     )
 
 
@@ -246,6 +279,11 @@ def format_check_summary(
     lines = [
         f"checked {summary.lines:,} lines: {summary.valid:,} valid, {summary.invalid:,} invalid"
     ]
+    if summary.held_back:
+        lines.append(
+            "  not sent: "
+            + " · ".join(f"{status} {n:,}" for status, n in sorted(summary.held_back.items()))
+        )
     if summary.invalid_by_code:
         by_code = sorted(summary.invalid_by_code.items(), key=lambda item: (-item[1], item[0]))
         lines.append("  invalid: " + " · ".join(f"{code} {n:,}" for code, n in by_code))
@@ -365,6 +403,7 @@ def _parser() -> argparse.ArgumentParser:
         help="NDJSON, CSV or TSV files (gzip/zstd too) to check; '-' or none reads stdin",
     )
     add_input_arguments(parser)
+    add_sorting_arguments(parser)
     parser.add_argument(
         "--api-version",
         choices=get_args(ApiVersion),
@@ -430,7 +469,9 @@ def check_main(argv: list[str]) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return ExitCode.NOT_ALL_QUEUED
     # 1, as for `send`: the campaign would not be queued whole.
-    return ExitCode.OK if summary.invalid == 0 else ExitCode.NOT_ALL_QUEUED
+    # Suppressed and duplicate lines are deliberate non-sends; an expired one should have gone.
+    fine = summary.invalid == 0 and not summary.held_back.get("expired")
+    return ExitCode.OK if fine else ExitCode.NOT_ALL_QUEUED
 
 
 def _run_check(args: argparse.Namespace) -> CheckSummary:
@@ -460,6 +501,16 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
         ref_column=args.ref_column,
         template=template,
     )
+    # The same campaign options and defaults as `send` (the flags' checks name the flag).
+    campaign = Campaign.load(
+        load_settings(
+            env={},
+            cli={
+                "api_version": args.api_version,
+                **{name: getattr(args, name, None) for name in SORTING_SETTINGS},
+            },
+        )
+    )
     with ExitStack() as stack:
         out = (
             sys.stdout.buffer
@@ -480,6 +531,7 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
                 out=out,
                 input_format=args.input_format,
                 columns=columns,
+                campaign=campaign,
             )
         )
         out.flush()

@@ -20,7 +20,12 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
-from streamsend._campaign import INPUT_SETTINGS, Campaign, add_input_arguments
+from streamsend._campaign import (
+    INPUT_SETTINGS,
+    SORTING_SETTINGS,
+    add_input_arguments,
+    add_sorting_arguments,
+)
 from streamsend._config import API_KEY_ENV, load_api_key, load_settings
 from streamsend._exceptions import ConfigError, InputError
 from streamsend._formats import precheck_inputs
@@ -37,12 +42,12 @@ STREAMSEND_RATE=17000/min), the --config TOML file, the defaults. `streamsend co
 the result.
 
 Outcomes: one JSON object per non-blank input line with `status` queued | rejected | invalid |
-failed | unknown. `unknown` means the request may have been accepted (the answer was lost): such
-lines are not resent unless you pass --resend-unknown.
+failed | unknown | suppressed | duplicate | expired. `unknown` means the request may have been
+accepted (the answer was lost): such lines are not resent unless you pass --resend-unknown.
 
-Exit codes: 0 all queued; 1 finished, some not queued; 2 usage/config error; 3 aborted by a fatal
-service answer (bad key, suspended account, unknown sending list); 70 stopped by an unexpected
-error (e.g. a full disk: rerun with --resume); 130 stopped by a signal.
+Exit codes: 0 all queued (or suppressed/duplicate); 1 finished, some not queued; 2 usage/config
+error; 3 aborted by a fatal service answer (bad key, suspended account, unknown sending list); 70
+stopped by an unexpected error (e.g. a full disk: rerun with --resume); 130 stopped by a signal.
 """
 
 
@@ -144,6 +149,7 @@ def _send_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="serve Prometheus metrics and /healthz on 127.0.0.1:PORT"
     )
     add_input_arguments(p)
+    add_sorting_arguments(p)
     p.add_argument(
         "--proxy",
         metavar="URL",
@@ -181,6 +187,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "log_format",
         "metrics_port",
         *INPUT_SETTINGS,
+        *SORTING_SETTINGS,
         "proxy",
         "ca_bundle",
     )
@@ -201,7 +208,6 @@ def send_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"input named more than once: {', '.join(duplicated)}")
     _check_inputs(inputs)
     precheck_inputs(inputs, settings.input_format)
-    Campaign.load(settings)  # a bad template is a usage error before anything starts
     if settings.sender is not None:
         problem = sender_problem(settings.api_version, settings.sender)
         if problem:

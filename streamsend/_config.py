@@ -71,6 +71,12 @@ class Settings:
     ref_column: str | None = None
     template: str | None = None
     template_file: str | None = None
+    # Which lines go (see _suppress, _dedupe, _expiry).
+    suppress: tuple[str, ...] = ()  # opt-out list files
+    dedupe: Literal["message", "recipient", "off"] = "message"
+    dedupe_window: int = 1 << 20  # distinct messages remembered at least
+    skip_sent: tuple[str, ...] = ()  # earlier runs' outcome files
+    expire_after: float | None = None  # seconds from reading a line
     # None: the proxy HTTPS_PROXY & co. name (see `_dispatch.proxy_for`); "": connect directly.
     proxy: str | None = None
     ca_bundle: str | None = None  # PEM CAs trusted besides the system's (a private CA)
@@ -220,6 +226,17 @@ def _proxy(value: object) -> str:
     return text
 
 
+def _paths(value: object) -> tuple[str, ...]:
+    """File names: a list (TOML, repeated flags) or one string, comma-separated (environment)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(p, str) for p in items):
+        raise ValueError("expected a list of file names")
+    paths = tuple(p.strip() for p in items if p.strip())
+    if not paths:
+        raise ValueError("expected at least one file name")
+    return paths
+
+
 def _url(value: object) -> str:
     text = _text(value)
     if not re.match(r"^https?://[^\s/]+", text):
@@ -267,6 +284,11 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "ref_column": _text,
     "template": _text,
     "template_file": _text,
+    "suppress": _paths,
+    "dedupe": _choice("message", "recipient", "off"),
+    "dedupe_window": _int_in(1, 1 << 30),
+    "skip_sent": _paths,
+    "expire_after": _float_in(0.001, 365 * 86400, duration=True),
     "proxy": _proxy,
     "ca_bundle": _text,
 }

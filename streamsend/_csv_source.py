@@ -9,7 +9,7 @@ Promises:
   is handed on as b"" and gets no outcome, so numbering stays that of the file.
 - Columns: the recipient is `--to-column`, else the first of `to_msisdn`, `to`, `phone`; the
   body is `--body-column` (default `body`) or the template's rendering; `--ref-column` (default
-  `ref`) becomes the outcome's `ref`. Every column
+  `ref`) becomes the outcome's `ref`, a `send_before` column the line's deadline. Every column
   is a template field; the columns that aren't one of those go, in v2, into
   `contact_data.custom_fields`.
 - A record that breaks the grammar (a quote inside an unquoted field, text after a closing
@@ -136,7 +136,8 @@ class _Header:
             )
         self.body = column(columns.body_column, ("body",), "--body-column")
         self.ref = column(columns.ref_column, ("ref",), "--ref-column")
-        taken = {self.to, self.body, self.ref}
+        self.send_before = index.get("send_before")
+        taken = {self.to, self.body, self.ref, self.send_before}
         self.custom = [(i, name) for i, name in enumerate(names) if i not in taken]
 
 
@@ -165,6 +166,7 @@ class CsvReader:
         self._in_quotes = False  # the open record's last line ended inside a quoted field
         self._delimiter_byte = delimiter.encode()
         self._errors: dict[int, tuple[str, str]] = {}
+        self._deadlines: dict[int, float] = {}
 
     async def blocks(self, physical: AsyncIterator[LineBlock]) -> AsyncIterator[LineBlock]:
         async for block in physical:
@@ -224,10 +226,12 @@ class CsvReader:
             lines,
             self._out_bytes,
             self._errors or None,
+            self._deadlines or None,
         )
         self._out_first += count
         self._out_bytes = 0
         self._errors = {}
+        self._deadlines = {}
         return block
 
     def _refuse_open(self, why: str) -> None:
@@ -266,8 +270,10 @@ class CsvReader:
         return self._message_line(header, fields, line)
 
     def _message_line(self, header: _Header, fields: list[str], line: int) -> bytes | None:
+        from streamsend._expiry import parse_send_before
+
         assert header.to is not None
-        errors = self._errors
+        errors, deadlines = self._errors, self._deadlines
         message: dict[str, object] = {"to_msisdn": fields[header.to]}
         template = self._columns.template
         if template is not None:
@@ -280,6 +286,12 @@ class CsvReader:
             message["body"] = fields[header.body]
         if header.ref is not None and fields[header.ref]:
             message["ref"] = fields[header.ref]
+        if header.send_before is not None and fields[header.send_before]:
+            try:
+                deadlines[line] = parse_send_before(fields[header.send_before])
+            except ValueError as exc:
+                errors[line] = ("invalid_send_before", str(exc))
+                return None
         if self._columns.api_version == "v2" and header.custom:
             custom = {name: fields[i] for i, name in header.custom}
             message["contact_data"] = {"custom_fields": custom}

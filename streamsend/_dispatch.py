@@ -35,6 +35,7 @@ import aiohttp
 from streamsend._attempts import Abort, AttemptLoop, Backoff, mark_transmitted
 from streamsend._concurrency import DEFAULT_MAX_CONCURRENCY, ConcurrencyLimit
 from streamsend._exceptions import ConfigError, FatalServiceError
+from streamsend._expiry import Expiry
 from streamsend._lanes import Lane, Lanes
 from streamsend._logs import library_logger
 from streamsend._models import Batch
@@ -178,6 +179,7 @@ class Dispatcher:
         log: Logger = None,
         rng: random.Random | None = None,
         session: aiohttp.ClientSession | None = None,
+        expiry: Expiry | None = None,
     ) -> None:
         self.settings = settings
         log = log if log is not None else library_logger()
@@ -208,6 +210,7 @@ class Dispatcher:
             log=log,
             rng=rng or random.Random(),
             first_request=first_request,
+            expiry=expiry,
         )
         self._attempts.session = session
 

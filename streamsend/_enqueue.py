@@ -2,7 +2,9 @@
 
 Promises:
 - every non-blank line ends either as an entry of its sending number's stream (a worker sends
-  it) or, when invalid, with its `invalid` outcome written to the job at once;
+  it) or, when invalid, suppressed, a duplicate or already past its `send_before`, with that
+  outcome written to the job at once: the campaign stage (templates, --suppress, --dedupe,
+  --skip-sent; see `_campaign`) runs here, so workers never see those lines;
 - an entry's ID is <input number>-<line>, and each input keeps a high-water mark of the lines
   already enqueued, in the same script as the entries: enqueueing the same input again (after a
   crash, or twice by mistake) adds nothing, and a cut-short enqueue rerun adds only the rest;
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from streamsend._campaign import source_refusals
+from streamsend._campaign import Campaign, source_refusals
 from streamsend._config import Settings
 from streamsend._exceptions import InputError
 from streamsend._models import Message, Outcome
@@ -32,7 +34,7 @@ from streamsend._validate import Validator
 @dataclass(slots=True)
 class EnqueueResult:
     added: int = 0  # entries added for workers to send
-    invalid: int = 0  # invalid lines, their outcomes written
+    invalid: int = 0  # lines not to send (invalid, suppressed, ...), their outcomes written
     already: int = 0  # lines an earlier enqueue of the same input had added
     by_source: dict[str, int] = field(default_factory=dict)
 
@@ -44,6 +46,7 @@ async def enqueue(
     *,
     complete: bool = True,
     log: Logger = None,
+    campaign: Campaign | None = None,
 ) -> EnqueueResult:
     """Validate and append every line of `source` to `job`; mark its input complete at the end
     when `complete` (the caller passes False to keep a job open for more inputs)."""
@@ -55,12 +58,15 @@ async def enqueue(
     )
     encoder = OutcomeEncoder()
     result = EnqueueResult()
+    campaign = campaign if campaign is not None else Campaign.load(settings)
     async for block in source:
         messages: list[Message] = []
         invalid: list[Outcome] = []
         validator.validate_lines(block.source, block.first_line, block.lines, messages, invalid)
-        if block.errors:  # records the source refused itself (a CSV row without a recipient)
-            invalid.extend(source_refusals(block))
+        if block.errors:
+            invalid += source_refusals(block)
+        if campaign.sorts_out or block.deadlines:
+            invalid += campaign.sort_out(messages, block)
         if not block.lines:
             continue
         number = await until_reachable(partial(job.source_number, block.source), log, "enqueue")

@@ -18,12 +18,8 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Literal, Protocol
-
-# zstd is what warehouse exports (Snowflake, BigQuery, ClickHouse, Spark) write by default
-# next to gzip; the standard library can't read it before Python 3.14, so `zstandard` (the
-# reference binding, a wheel on every platform) is a dependency.
-import zstandard
 
 from streamsend._exceptions import InputError
 
@@ -134,11 +130,27 @@ def precheck_inputs(inputs: Sequence[str], given: InputFormat | None) -> None:
         format_of(path, head, given)
 
 
+def zstd() -> ModuleType:
+    """The `zstandard` module, imported when a zstd input first needs it (not at start-up).
+
+    zstd is what warehouse exports (Snowflake, BigQuery, ClickHouse, Spark) write next to
+    gzip; the standard library reads it only from Python 3.14, so `zstandard` (the reference
+    binding, a wheel on every platform) is a dependency.
+    """
+    import zstandard
+
+    return zstandard
+
+
+def decompress_errors(compression: Compression) -> tuple[type[Exception], ...]:
+    return (zlib.error,) if compression == "gzip" else (zstd().ZstdError,)
+
+
 def _decompress_head(path: str, raw: bytes, compression: Compression) -> bytes:
     decompressor = _new_decompressor(compression)
     try:
-        return decompressor.decompress(raw)[:SNIFF_BYTES]
-    except (zlib.error, zstandard.ZstdError) as exc:
+        return bytes(decompressor.decompress(raw)[:SNIFF_BYTES])
+    except decompress_errors(compression) as exc:
         raise InputError(f"input {path!r} is not valid {compression} data: {exc}") from None
 
 
@@ -155,7 +167,8 @@ class _Decompressor(Protocol):
 def _new_decompressor(compression: Compression) -> _Decompressor:
     if compression == "gzip":
         return zlib.decompressobj(wbits=31)
-    return zstandard.ZstdDecompressor().decompressobj()
+    decompressor: _Decompressor = zstd().ZstdDecompressor().decompressobj()
+    return decompressor
 
 
 class Prefixed:
@@ -210,7 +223,7 @@ class Decompressing:
                 chunk = self._decompressor.unused_data.lstrip(b"\x00")
                 self._decompressor = _new_decompressor(self._compression)
                 self._started = False
-        except (zlib.error, zstandard.ZstdError) as exc:
+        except decompress_errors(self._compression) as exc:
             raise InputError(
                 f"input {self._name()} is not valid {self._compression} data: {exc}"
             ) from None

@@ -21,6 +21,7 @@ import orjson
 
 from streamsend._config import Settings, load_api_key, load_settings
 from streamsend._exceptions import ConfigError
+from streamsend._formats import precheck_inputs
 from streamsend._types import ExitCode
 from streamsend._usage import OneLineParser
 
@@ -44,13 +45,17 @@ INPUT_FLAGS = (
     "max_line_bytes",
     "log_level",
     "log_format",
-    # CSV/TSV inputs and templates (see _campaign)
+    # The campaign stage runs at enqueue time (workers never see what it holds back).
     "input_format",
     "to_column",
     "body_column",
     "ref_column",
     "template",
     "template_file",
+    "suppress",
+    "dedupe",
+    "dedupe_window",
+    "skip_sent",
 )
 #: `send` flags `worker` takes: how messages are delivered.
 DELIVERY_FLAGS = (
@@ -140,6 +145,7 @@ def enqueue_main(argv: Sequence[str], send: SendCommand) -> int:
     settings = _settings(args, INPUT_FLAGS)
     inputs = args.inputs or ["-"]
     send.check_inputs(inputs)
+    precheck_inputs(inputs, settings.input_format)
     if settings.sender is not None:
         from streamsend._validate import sender_problem
 
@@ -161,10 +167,13 @@ def enqueue_main(argv: Sequence[str], send: SendCommand) -> int:
                 input_format=settings.input_format,
                 columns=campaign.columns,
             )
-            result = await enqueue(settings, job, source, complete=not args.more, log=log)
+            result = await enqueue(
+                settings, job, source, complete=not args.more, log=log, campaign=campaign
+            )
         print(
-            f"job {args.job}: {result.added} lines enqueued, {result.invalid} invalid "
-            f"(outcomes written), {result.already} already enqueued before",
+            f"job {args.job}: {result.added} lines enqueued, {result.invalid} not to be sent "
+            f"(invalid, suppressed, duplicate, expired: outcomes written), {result.already} "
+            "already enqueued before",
             file=sys.stderr,
         )
         return ExitCode.OK

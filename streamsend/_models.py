@@ -26,10 +26,25 @@ class Status(StrEnum):
     INVALID = "invalid"  # refused here, never sent
     FAILED = "failed"  # certainly not accepted (request-level error, retries exhausted)
     UNKNOWN = "unknown"  # may or may not have been accepted: never resent silently
+    SUPPRESSED = "suppressed"  # the recipient is on the opt-out list (--suppress): never sent
+    DUPLICATE = "duplicate"  # sent already in this run or an earlier one (--dedupe, --skip-sent)
+    EXPIRED = "expired"  # its moment (send_before, --expire-after) passed before it could leave
 
 
 #: Statuses that end a line for good: `--resume` skips lines whose last outcome is one of these.
-FINAL_STATUSES = frozenset({Status.QUEUED, Status.REJECTED, Status.INVALID})
+FINAL_STATUSES = frozenset(
+    {
+        Status.QUEUED,
+        Status.REJECTED,
+        Status.INVALID,
+        Status.SUPPRESSED,
+        Status.DUPLICATE,
+        Status.EXPIRED,
+    }
+)
+
+#: Statuses that are deliberate non-sends: they don't make the exit code 1.
+DELIBERATE_STATUSES = frozenset({Status.QUEUED, Status.SUPPRESSED, Status.DUPLICATE})
 
 
 class Encoding(StrEnum):
@@ -65,6 +80,7 @@ class Outcome(NamedTuple):
     sender: str | None = None
     segments: int | None = None
     encoding: Encoding | None = None
+    duplicate_of: int | None = None  # a `duplicate`: the line of the first copy
 
     @property
     def ref(self) -> object:

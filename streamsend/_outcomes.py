@@ -66,6 +66,8 @@ class OutcomeEncoder:
                 line += b',"segments":%d' % o.segments
             if o.encoding is not None:
                 line += b',"encoding":"' + o.encoding.value.encode() + b'"'
+            if o.duplicate_of is not None:
+                line += b',"duplicate_of":%d' % o.duplicate_of
             append(line + b"}\n")
         return b"".join(parts)
 

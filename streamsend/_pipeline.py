@@ -19,12 +19,12 @@ from typing import Any
 
 from streamsend._attempts import Backoff
 from streamsend._batcher import Batcher
-from streamsend._campaign import source_refusals
+from streamsend._campaign import Campaign, source_refusals
 from streamsend._config import Settings
 from streamsend._dispatch import Dispatcher, DispatchSettings
 from streamsend._journal import Decision, ResumeState
 from streamsend._logs import library_logger
-from streamsend._models import Batch, Message, Outcome, Status
+from streamsend._models import DELIBERATE_STATUSES, Batch, Message, Outcome, Status
 from streamsend._pacing import LocalRateLimiter
 from streamsend._stats import RunStats
 from streamsend._types import (
@@ -62,6 +62,7 @@ class Pipeline:
         stats: RunStats | None = None,
         log: Logger = None,
         rng: random.Random | None = None,
+        campaign: Campaign | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats or RunStats()
@@ -70,6 +71,8 @@ class Pipeline:
         self._journal = journal
         self._resume = resume
         self._log = log if log is not None else library_logger()
+        self._campaign = campaign if campaign is not None else Campaign.load(settings)
+        self._sorts_out = self._campaign.sorts_out
         self._validator = Validator(
             api_version=settings.api_version,
             default_sender=settings.sender,
@@ -103,6 +106,7 @@ class Pipeline:
             stats=self.stats,
             limiter=limiter,
             first_request=resume.next_request if resume else 1,
+            expiry=self._campaign.expiry,
             log=self._log,
             rng=rng,
         )
@@ -166,7 +170,9 @@ class Pipeline:
         elif self._stop_requests:
             code = ExitCode.INTERRUPTED
         elif self._not_all_queued or any(
-            count for status, count in self.stats.by_status.items() if status != "queued"
+            count
+            for status, count in self.stats.by_status.items()
+            if status not in DELIBERATE_STATUSES
         ):
             code = ExitCode.NOT_ALL_QUEUED
         else:
@@ -229,6 +235,8 @@ class Pipeline:
             )
             if block.errors:
                 others.extend(source_refusals(block))
+            if self._sorts_out or block.deadlines:
+                others.extend(self._campaign.sort_out(messages, block))
         else:
             self._take_resumed_lines(block, messages, others)
         stats = self.stats
@@ -264,21 +272,33 @@ class Pipeline:
         resume = self._resume
         assert resume is not None
         validator = self._validator
+        campaign = self._campaign
+        # Only --dedupe needs the lines an earlier run settled: a later copy of one is still a
+        # duplicate of it.
+        remembering = campaign.dedupe is not None
         source = block.source
         line = block.first_line - 1
         for raw in block.lines:
             line += 1
             decision = resume.decide(source, line)
+            kept: list[Message] = []
             if decision is Decision.SKIP or decision is Decision.WAS_UNKNOWN:
-                continue  # an earlier run's outcome stands
+                # An earlier run's outcome stands.
+                if remembering and raw:
+                    validator.validate_lines(source, line, [raw], kept, [])
+                    campaign.remember(kept)
+                continue
             if decision is Decision.SEND:
-                validator.validate_lines(source, line, [raw], messages, others)
+                validator.validate_lines(source, line, [raw], kept, others)
                 if block.errors and line in block.errors:
                     others.extend(source_refusals(block, (line,)))
+                if kept and (self._sorts_out or block.deadlines):
+                    others.extend(campaign.sort_out(kept, block))
+                messages.extend(kept)
                 continue
             # MARK_UNKNOWN: it was in flight when the earlier run stopped.
-            kept: list[Message] = []
             validator.validate_lines(source, line, [raw], kept, others)
+            campaign.remember(kept)
             request = resume.in_flight_request(source, line)
             others.extend(_in_flight_at_crash(message, request) for message in kept)
 

@@ -145,6 +145,26 @@ class Recorder:
             BatchOutcome(messages, status, request, attempts, sender, failure.code, str(failure))
         )
 
+    def expired(
+        self, request: int, sender: str, messages: Sequence[Message], attempts: int
+    ) -> None:
+        """These lines' moment passed before the request could (again) leave: never sent.
+
+        The outcomes name the request, which orders them after its journal `start` record, so
+        a resume takes them as settled, not as in flight.
+        """
+        self._write(
+            BatchOutcome(
+                messages,
+                Status.EXPIRED,
+                request,
+                attempts,
+                sender,
+                "expired",
+                "its moment (send_before or --expire-after) passed before it could be sent",
+            )
+        )
+
     def abandoned(
         self,
         request: int,

@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -65,6 +66,7 @@ async def open_run(
     limiter: RateLimiter | None = None,
     stats: RunStats | None = None,
     log: Logger = None,
+    campaign: Campaign | None = None,
 ) -> AsyncIterator[Run]:
     """Open a run's outcome sink (`settings.outcomes` unless `sink` is given), its journal and
     resume state, wire the pipeline, and close what was opened when the block ends.
@@ -115,6 +117,7 @@ async def open_run(
             limiter=limiter,
             stats=stats,
             log=log,
+            campaign=campaign,
         )
         yield Run(settings, pipeline, stats, resume_state)
 
@@ -179,7 +182,18 @@ async def send_campaign(
         log = get_logger("streamsend").bind()
         stats = stats if stats is not None else RunStats()
         stats.input_bytes_total = total_input_bytes(inputs)
+        loading = time.monotonic()
         campaign = Campaign.load(settings)
+        if campaign.suppression is not None or campaign.sent_before is not None:
+            log.info(
+                "campaign_lists_loaded",
+                suppressed_numbers=len(campaign.suppression.numbers) if campaign.suppression else 0,
+                unreadable_suppress_entries=campaign.suppression.unreadable
+                if campaign.suppression
+                else 0,
+                sent_recipients=len(campaign.sent_before) if campaign.sent_before else 0,
+                seconds=round(time.monotonic() - loading, 2),
+            )
         source = read_inputs(
             inputs,
             max_line_bytes=settings.max_line_bytes,
@@ -194,6 +208,7 @@ async def send_campaign(
             overwrite=overwrite,
             stats=stats,
             log=log,
+            campaign=campaign,
         ) as run:
             # One line with what an operator checks before walking away; the whole effective
             # configuration is a debug event (and `streamsend config show`).

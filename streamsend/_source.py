@@ -20,6 +20,7 @@ from typing import BinaryIO, Protocol
 
 from streamsend._csv_source import CsvColumns, CsvReader
 from streamsend._exceptions import InputError
+from streamsend._expiry import ndjson_deadlines
 from streamsend._formats import InputFormat, open_format
 from streamsend._template import render_ndjson_block
 from streamsend._types import LineBlock
@@ -136,7 +137,9 @@ async def _read_one(  # noqa: PLR0917 - a private helper of read_inputs
     if fmt == "ndjson":
         template = columns.template
         async for block in physical:
-            yield block if template is None else render_ndjson_block(block, template)
+            if template is not None:
+                block = render_ndjson_block(block, template)  # noqa: PLW2901
+            yield ndjson_deadlines(block)
         return
     csv = CsvReader(
         path,

@@ -152,7 +152,9 @@ def render_ndjson_block(block: LineBlock, template: Template) -> LineBlock:
             lines[i] = b""
             continue
         lines[i] = orjson.dumps(obj)
-    return LineBlock(block.source, block.first_line, lines, block.nbytes, errors or None)
+    return LineBlock(
+        block.source, block.first_line, lines, block.nbytes, errors or None, block.deadlines
+    )
 
 
 __all__ = ["MISSING_FIELD", "MissingField", "Template", "load_template", "render_ndjson_block"]

@@ -54,6 +54,8 @@ class LineBlock:
     # Lines the source itself refused (a malformed CSV record, a template field missing):
     # line -> (code, error); such a line is b"" in `lines` and gets an `invalid` outcome.
     errors: dict[int, tuple[str, str]] | None = None
+    # Lines with a `send_before`: line -> the moment (Unix time) after which it must not leave.
+    deadlines: dict[int, float] | None = None
 
 
 class LineSource(Protocol):

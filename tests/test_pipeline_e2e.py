@@ -91,7 +91,8 @@ def mixed_campaign() -> list[Line]:
         ),
         valid("+14155550010", 'quotes " and \\ and\nnewline'),
         invalid(b'{"to_msisdn": "+14155550011"}', "missing_body"),
-        valid("+14155550001", "Hello Ann"),  # the same message again: the service gets it twice
+        # The same message again: --dedupe (on by default) sends it once.
+        Line(orjson.dumps({"to_msisdn": "+14155550001", "body": "Hello Ann"}), "duplicate"),
         valid("+14155550012", "{braces} [brackets] ~tilde~ `backtick`"),
         invalid(b'{"to_msisdn": "+14155550013", "body": "a\xff"}', "invalid_utf8"),
     ]

@@ -229,6 +229,9 @@ def test_summary_fields() -> None:
         "invalid": 20,
         "failed": 0,
         "unknown": 0,
+        "suppressed": 0,
+        "duplicate": 0,
+        "expired": 0,
     }
     assert fields["by_sender"] == {"pn_a": {"queued": 1200, "rejected": 30}}
     assert fields["outcomes"] == 1250
@@ -247,7 +250,8 @@ def test_format_summary() -> None:
     clock.now = 5.0
     assert format_summary(stats.snapshot()) == (
         "1,250 lines in 5.0s, 250 msg/s\n"
-        "  queued 1,200 · rejected 30 · invalid 20 · failed 0 · unknown 0\n"
+        "  queued 1,200 · rejected 30 · invalid 20 · failed 0 · unknown 0 · suppressed 0 · "
+        "duplicate 0 · expired 0\n"
         "  segments sent 1,300 · requests 3 (201: 2, 500: 1) · retries 1"
     )
 

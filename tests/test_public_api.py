@@ -95,15 +95,27 @@ def test_modules_are_private() -> None:
 
 
 def test_status_values_are_the_outcome_file_vocabulary() -> None:
-    """The outcomes file holds these five statuses and nothing else."""
+    """The outcomes file holds these eight statuses and nothing else; the final ones are those
+    `--resume` never sends again, the deliberate ones those that leave the exit code 0."""
     assert {s.value for s in streamsend.Status} == {
         "queued",
         "rejected",
         "invalid",
         "failed",
         "unknown",
+        "suppressed",
+        "duplicate",
+        "expired",
     }
-    assert {s.value for s in _models.FINAL_STATUSES} == {"queued", "rejected", "invalid"}
+    assert {s.value for s in _models.FINAL_STATUSES} == {
+        "queued",
+        "rejected",
+        "invalid",
+        "suppressed",
+        "duplicate",
+        "expired",
+    }
+    assert {s.value for s in _models.DELIBERATE_STATUSES} == {"queued", "suppressed", "duplicate"}
 
 
 def test_records_are_immutable() -> None:
