@@ -160,6 +160,8 @@ def _scaleout_table(scaleout: dict[str, Any]) -> list[str]:
         f"  one worker     {_spread_k(worker['messages_per_s'])} msgs/s, "
         f"{_spread(worker['cpu_us_per_message'])} µs/msg CPU, Redis "
         f"{_spread(worker['redis_cpu_us_per_message'])} µs/msg",
+        f"  enqueue        {_spread_k(scaleout['enqueue']['messages_per_s'])} msgs/s "
+        "(read, validate, append to Redis)",
         f"  worker / send: {_x(ratio['throughput_ratio_of_medians'])} throughput (per round "
         f"{_spread(ratio['throughput_ratio_per_round'])}; target {ratio['target']}×)",
     ]

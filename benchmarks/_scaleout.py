@@ -103,6 +103,7 @@ def scaleout(plan: Plan, input_path: Path, messages: int) -> dict[str, Any]:
     env = child_env({"STREAMSEND_REDIS": REDIS_URL})
     redis_pid = _redis_pid()
     rows: dict[str, list[dict[str, Any]]] = {"send": [], "worker": []}
+    enqueue_rows: list[dict[str, Any]] = []  # the enqueue before each worker round, timed
     failures: list[str] = []
     runs_dir = plan.data_dir / "runs"
     with EmulatorProcess(
@@ -113,6 +114,7 @@ def scaleout(plan: Plan, input_path: Path, messages: int) -> dict[str, Any]:
         plan.log(f"[scaleout] {messages:,} messages, Redis {REDIS_URL}: send vs one worker")
         for round_ in range(1, plan.runs + 1):
             for tool in ("send", "worker"):
+                job = f"bench-{uuid.uuid4().hex[:10]}"
                 outcomes = runs_dir / f"scaleout-{tool}-{round_}.outcomes.ndjson"
                 remove_run_files(outcomes)
                 queued_before = emulator.messages_queued()
@@ -127,7 +129,17 @@ def scaleout(plan: Plan, input_path: Path, messages: int) -> dict[str, Any]:
                         timeout_s=plan.timeout_s,
                     )
                 else:
-                    job = _new_job(plan, input_path, env, "--from", SENDER)
+                    enqueue = run_measured(
+                        _streamsend("enqueue", str(input_path), "--job", job, "--from", SENDER),
+                        env=env,
+                        log_path=runs_dir / f"scaleout-enqueue-{round_}.log",
+                        timeout_s=plan.timeout_s,
+                    )
+                    if enqueue.exit_code:
+                        failures.append(f"enqueue round {round_}: exit {enqueue.exit_code}")
+                    enqueue_rows.append(
+                        {"round": round_, "messages_per_s": round(messages / enqueue.wall_s)}
+                    )
                     redis_cpu = cpu_seconds_of(redis_pid) if redis_pid else 0.0
                     [child] = _workers(plan, job, env, emulator.base_url, 1, [], f"one-{round_}")
                 redis_cpu = (cpu_seconds_of(redis_pid) if redis_pid else 0.0) - redis_cpu
@@ -184,6 +196,12 @@ def scaleout(plan: Plan, input_path: Path, messages: int) -> dict[str, Any]:
             ),
             "redis_cpu_us_per_message": _rounded(
                 analysis.spread(r["redis_cpu_us_per_message"] for r in ok["worker"]), 3
+            ),
+        },
+        # `enqueue` reads, validates and appends; `send` reads, validates and sends.
+        "enqueue": {
+            "messages_per_s": _rounded(
+                analysis.spread(r["messages_per_s"] for r in enqueue_rows), 0
             ),
         },
         "worker_vs_send": {
@@ -248,12 +266,27 @@ def _three_paced(
     input_path = write_input(plan.data_dir / f"input-scaleout-paced-{messages}.ndjson", messages)
     job = _new_job(plan, input_path, env, "--from", SENDER)
     offset = emulator.ledger_size()
+    queued_before = emulator.messages_queued()
     children = _workers(plan, job, env, emulator.base_url, 3, ["--rate", f"{rate}/s"], "paced")
     shares = _shares(job)
-    _quiet(_streamsend("job", "purge", job), env)
-    if any(c.exit_code for c in children):
-        failures.append("three workers paced: a worker failed")
-    arrivals = analysis.arrivals_from_ledger(emulator.ledger_since(offset))
+    outcomes = plan.data_dir / "runs" / "scaleout-paced.outcomes.ndjson"
+    _collect_and_purge(plan, job, env, outcomes)
+    # One `queued` outcome per line, and the service queued each line once (as many as lines).
+    problem = check_run(
+        exit_code=max(c.exit_code for c in children),
+        timed_out=any(c.timed_out for c in children),
+        outcomes=outcomes,
+        expected=messages,
+        queued_delta=emulator.messages_queued() - queued_before,
+    )
+    remove_run_files(outcomes)
+    if problem:
+        failures.append(f"three workers paced: {problem}")
+    ledger = emulator.ledger_since(offset)
+    ledger_lines = ledger.count(b"\n")
+    if ledger_lines != messages:  # a line in the ledger twice would be a second sending
+        failures.append(f"three workers paced: {ledger_lines} ledger lines, not {messages}")
+    arrivals = analysis.arrivals_from_ledger(ledger)
     batch = max(a.messages for a in arrivals)
     accuracy = analysis.paced_accuracy(arrivals, target_per_s=rate, batch=batch)
     row = {

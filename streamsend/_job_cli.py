@@ -127,7 +127,8 @@ def enqueue_main(argv: Sequence[str], send: SendCommand) -> int:
     """`streamsend enqueue INPUT... --job NAME`: validate, append to the job's streams."""
     parser = _parser(
         "streamsend enqueue",
-        "Validate NDJSON lines like `send` and append them to a job in Redis for workers to "
+        "Validate input lines (NDJSON, CSV, TSV) like `send` and append them to a job in Redis "
+        "for workers to "
         "send; invalid lines get their outcome at once. Enqueueing the same input again adds "
         "nothing.",
         send,

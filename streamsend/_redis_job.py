@@ -27,18 +27,23 @@ What it promises, with the scripts below:
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamsend._exceptions import ConfigError
-from streamsend._models import Encoding, Message
+from streamsend._journal import ResumeState
+from streamsend._models import Encoding, Message, Outcome
 from streamsend._types import Logger
 
 GROUP = "workers"
@@ -325,6 +330,7 @@ class Reclaimed:
     entries: list[tuple[bytes, bytes]]  # (id, packed) now pending to us
     started: dict[bytes, bytes]  # id -> "<worker> <request>" for those that may have left
     deleted: list[bytes]  # IDs deleted while pending: no message left to send
+    deliveries: dict[bytes, int]  # id -> how many workers have taken it, this one included
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,11 +544,16 @@ class RedisJob:
             if cursor in (b"0-0", "0-0"):
                 break
         started: dict[bytes, bytes] = {}
+        deliveries: dict[bytes, int] = {}
         if entries:
             ids = [e[0] for e in entries]
             records: list[bytes | None] = await self.client.hmget(self.started, ids)
             started = {i: r for i, r in zip(ids, records, strict=True) if r is not None}
-        return Reclaimed(entries, started, deleted)
+            pending = await self.client.xpending_range(
+                stream, GROUP, min=ids[0], max=ids[-1], count=len(ids) + 1000, consumername=worker
+            )
+            deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        return Reclaimed(entries, started, deleted, deliveries)
 
     async def heartbeat(self, worker: str, beat: bytes) -> None:
         await self.client.hset(self.workers, worker, beat)
@@ -581,6 +592,78 @@ class RedisJob:
             )
         return messages
 
+    async def ids_for(self, lines: Sequence[Message | Outcome]) -> list[bytes]:
+        """Entry IDs of lines, numbering their inputs first if this process hasn't yet."""
+        for source in {line.source for line in lines} - self._source_numbers.keys():
+            await self.source_number(source)
+        numbers = self._source_numbers
+        return [b"%d-%d" % (numbers[m.source], m.line) for m in lines]
+
     def ids_of(self, messages: Sequence[Message]) -> list[bytes]:
         numbers = self._source_numbers
         return [b"%d-%d" % (numbers[m.source], m.line) for m in messages]
+
+    # -- read back without an event loop (the Journal seam's `resume_state` and `close`) --------
+
+    def sync_client(self) -> redis.Redis:
+        """A blocking client to the same server (for the few callers that can't await)."""
+        pool = self.client.connection_pool
+        kwargs = pool.connection_kwargs
+        common: dict[str, Any] = {
+            "db": kwargs.get("db", 0),
+            "username": kwargs.get("username"),
+            "password": kwargs.get("password"),
+            "socket_timeout": 10,
+        }
+        if "path" in kwargs:
+            return redis.Redis(unix_socket_path=kwargs["path"], **common)
+        ssl = "SSL" in pool.connection_class.__name__
+        return redis.Redis(
+            host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379), ssl=ssl, **common
+        )
+
+    def resume_state(self, *, resend_unknown: bool) -> ResumeState:
+        """The job's state as `send --resume` would see it: lines with an outcome are decided by
+        it, lines with a "started" record were in flight. Read by the journal's own reader, from
+        the job written out in the journal's and the outcomes file's formats, so the rules are
+        the journal's, once."""
+        client: Any = self.sync_client()  # replies are bytes (see self.client)
+        try:
+            meta = client.hgetall(self.meta)
+            started = client.hgetall(self.started)
+            outcomes = [fields[b"o"] for _, fields in client.xrange(self.outcomes)]
+        finally:
+            client.close()
+        names = {k[5:]: v.decode() for k, v in meta.items() if k.startswith(b"name:")}
+        with tempfile.TemporaryDirectory(prefix="streamsend-job-") as folder:
+            outcomes_path = os.path.join(folder, "outcomes.ndjson")
+            journal_path = os.path.join(folder, "journal")
+            with open(outcomes_path, "wb") as out:
+                out.writelines(outcomes)
+            by_request: dict[int, dict[str, list[list[int]]]] = {}
+            with open(journal_path, "wb") as journal:
+                for entry, record in started.items():
+                    number, _, line = entry.partition(b"-")
+                    _, _, request = record.partition(b" ")
+                    source = names.get(number)
+                    if source is None or not line.isdigit() or not request.isdigit():
+                        journal.write(b"{torn\n")  # unreadable: counted and ignored, as torn
+                        continue
+                    runs = by_request.setdefault(int(request), {}).setdefault(source, [])
+                    runs.append([int(line), int(line)])
+                for request_, lines in by_request.items():
+                    journal.write(orjson.dumps({"start": request_, "lines": lines}) + b"\n")
+            state = ResumeState.load(outcomes_path, journal_path, resend_unknown=resend_unknown)
+        named = int(meta.get(b"max_request", 0))
+        state.next_request = max(state.next_request, named + 1)
+        return state
+
+    def note_request_named(self, request: int) -> None:
+        """Keep `request` as named (request numbers only grow), without an event loop."""
+        client = self.sync_client()
+        try:
+            top = int(client.hget(self.meta, "max_request") or 0)
+            if request > top:
+                client.hset(self.meta, "max_request", request)
+        finally:
+            client.close()

@@ -64,65 +64,89 @@ class RedisJournal:
         self._worker = worker
         self._holdings = holdings
         self._log = log
-        self._pending: list[tuple[int, str, list[bytes]]] = []
-        self._unsent: list[tuple[int, str, list[bytes]]] = []
-        self._carried: dict[int, tuple[str, list[bytes]]] = {}
+        self._pending: list[tuple[int, Sequence[Message]]] = []
+        self._unsent: list[tuple[int, Sequence[Message]]] = []
+        self._carried: dict[int, Sequence[Message]] = {}
         self._refused: set[int] = set()
         self._by_task: dict[asyncio.Task[object] | None, int] = {}
         self._lock = asyncio.Lock()
+        self._named = 0  # the highest request number recorded
+        self._kept = 0  # the highest one written to the job
 
     def record_start(self, request: int, messages: Sequence[Message]) -> None:
-        stream = self._job.stream(messages[0].sender)
-        ids = self._job.ids_of(messages)
-        self._pending.append((request, stream, ids))
-        self._carried[request] = (stream, ids)
+        self._pending.append((request, messages))
+        self._carried[request] = messages
         self._by_task[asyncio.current_task()] = request
+        self._named = max(self._named, request)
 
     def record_unsent(self, request: int) -> None:
         carried = self._carried.pop(request, None)
-        if carried is not None:
-            self._unsent.append((request, *carried))
+        if carried is not None and not self._drop_pending(request):
+            self._unsent.append((request, carried))
 
     def record_done(self, request: int) -> None:
-        # The commit already deleted the records, with the acks (see RedisSink).
+        # The commit already deleted the records, with the acks (see RedisSink); a start still
+        # waiting for sync() is moot now.
         self._carried.pop(request, None)
+        self._drop_pending(request)
+
+    def _drop_pending(self, request: int) -> bool:
+        """Forget a start record not written yet; whether there was one."""
+        kept = [p for p in self._pending if p[0] != request]
+        dropped = len(kept) != len(self._pending)
+        self._pending = kept
+        return dropped
 
     async def sync(self) -> None:
         """Write the start records recorded so far; raise `LeaseLost` when the caller's own
         request was refused (another worker holds one of its entries now)."""
         mine = self._by_task.pop(asyncio.current_task(), None)
+        job = self._job
         async with self._lock:
             pending, self._pending = self._pending, []
             unsent, self._unsent = self._unsent, []
-            for request, stream, ids in pending:
+            for request, messages in pending:
+                stream = job.stream(messages[0].sender)
+                ids = await until_reachable(partial(job.ids_for, messages), self._log, "start")
                 started = await until_reachable(
-                    partial(self._job.start, stream, self._worker, request, ids),
+                    partial(job.start, stream, self._worker, request, ids),
                     self._log,
                     "request started",
                 )
-                if not started:
+                if started:
+                    self._kept = max(self._kept, request)
+                else:
                     self._refused.add(request)
                     self._carried.pop(request, None)
                     # Stop renewing them: whichever of them are still ours go idle and are
                     # reclaimed (and sent, having no record) by whoever looks next.
                     self._holdings.drop(stream, ids)
-            for request, stream, ids in unsent:
+            for request, messages in unsent:
+                ids = await until_reachable(partial(job.ids_for, messages), self._log, "unsent")
                 await until_reachable(
-                    partial(self._job.forget_start, stream, self._worker, request, ids),
+                    partial(
+                        job.forget_start, job.stream(messages[0].sender), self._worker, request, ids
+                    ),
                     self._log,
                     "request unsent",
                 )
         if mine is not None and mine in self._refused:
             self._refused.discard(mine)
-            self._log.warning("lease_lost", request=mine, step="start")
+            if self._log is not None:
+                self._log.warning("lease_lost", request=mine, step="start")
             raise LeaseLost(f"request {mine}: its entries belong to another worker now")
 
     def resume_state(self, *, resend_unknown: bool) -> ResumeState:
-        # A worker never resumes from a journal: entries of a worker that stopped are reclaimed
-        # from the job (see _worker), which decides for each from its "started" record.
-        return ResumeState(resend_unknown=resend_unknown)
+        """The job read back as `send --resume` would read a journal. A worker never needs it
+        (it takes over a stopped worker's entries, deciding from their "started" records); it
+        is what an operator's tool, or a test, reads to see what is in flight."""
+        return self._job.resume_state(resend_unknown=resend_unknown)
 
     def close(self) -> None:
+        if self._named > self._kept:
+            # Named but never synced: keep the number taken, so none is used twice.
+            self._job.note_request_named(self._named)
+            self._kept = self._named
         self._carried.clear()
 
 
@@ -143,8 +167,8 @@ class RedisSink:
         self._holdings = holdings
         self._log = log
         self._encoder = OutcomeEncoder()
-        # (stream or "", outcome bytes, counts by status, entry IDs)
-        self._buffer: list[tuple[str, bytes, dict[str, int], list[bytes]]] = []
+        # (stream or "", outcome bytes, counts by status, the lines whose entries it acks)
+        self._buffer: list[tuple[str, bytes, dict[str, int], Sequence[Message | Outcome]]] = []
         self._lock = asyncio.Lock()
         self._closed = False
         self.fenced_lines = 0  # outcomes dropped because another worker took the entries
@@ -162,10 +186,8 @@ class RedisSink:
         for sender, group in by_sender.items():
             if sender is None:  # a line with no entry (refused before it had a sender)
                 self._append("", group, [])
-                continue
-            numbers = [self._job.number_of(o.source) for o in group]
-            ids = [b"%d-%d" % (n, o.line) for n, o in zip(numbers, group, strict=True)]
-            self._append(self._job.stream(sender), group, ids)
+            else:
+                self._append(self._job.stream(sender), group, group)
 
     def write_unowned(self, outcomes: Sequence[Outcome]) -> None:
         """Outcomes of lines whose entries are gone (deleted while pending): nothing to ack."""
@@ -179,12 +201,11 @@ class RedisSink:
         self._check_open()
         counts = {status.value: n for status, n in result.count_by_status().items()}
         if self._worker is None:
-            ids: list[bytes] = []
-            stream = ""
+            self._buffer.append(("", self._encoder.encode_batch(result), counts, ()))
         else:
-            ids = self._job.ids_of(result.messages)
             stream = self._job.stream(result.sender)
-        self._buffer.append((stream, self._encoder.encode_batch(result), counts, ids))
+            data = self._encoder.encode_batch(result)
+            self._buffer.append((stream, data, counts, result.messages))
 
     async def flush(self) -> None:
         async with self._lock:
@@ -195,10 +216,16 @@ class RedisSink:
                 return
             worker = self._worker or ""
             job = self._job
+            all_ids = [
+                await until_reachable(partial(job.ids_for, lines), self._log, "commit")
+                if lines
+                else []
+                for _, _, _, lines in buffer
+            ]
 
             async def commit_all() -> list[int]:
                 async with job.client.pipeline(transaction=False) as pipe:
-                    for stream, data, counts, ids in buffer:
+                    for (stream, data, counts, _), ids in zip(buffer, all_ids, strict=True):
                         await job.commit(
                             pipe,
                             stream=stream or job.meta,
@@ -211,25 +238,26 @@ class RedisSink:
                     return replies
 
             replies = await until_reachable(commit_all, self._log, "commit")
-            for (stream, _, _, ids), committed in zip(buffer, replies, strict=True):
+            for (stream, _, _, _), ids, committed in zip(buffer, all_ids, replies, strict=True):
                 if self._holdings is not None and ids:
                     self._holdings.drop(stream, ids)
                 if not committed:
                     # Another worker took these entries over: it reports them (`unknown`:
                     # their "started" record is there). Ours would be a second outcome.
                     self.fenced_lines += len(ids)
-                    self._log.warning("lease_lost", step="commit", lines=len(ids))
+                    if self._log is not None:
+                        self._log.warning("lease_lost", step="commit", lines=len(ids))
 
     def close(self) -> None:
-        if self._buffer:
+        if self._buffer and self._log is not None:
             # Not committed, so still pending in the job: another worker reclaims them.
             self._log.warning("outcomes_not_committed", commits=len(self._buffer))
             self._buffer.clear()
         self._closed = True
 
-    def _append(self, stream: str, outcomes: Sequence[Outcome], ids: list[bytes]) -> None:
+    def _append(self, stream: str, outcomes: Sequence[Outcome], acked: Sequence[Outcome]) -> None:
         counts = Counter(o.status.value for o in outcomes)
-        self._buffer.append((stream, self._encoder.encode(outcomes), dict(counts), ids))
+        self._buffer.append((stream, self._encoder.encode(outcomes), dict(counts), acked))
 
     def _check_open(self) -> None:
         if self._closed:

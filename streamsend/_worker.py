@@ -46,6 +46,8 @@ from streamsend._types import ApiVersion, ExitCode, Logger
 #: A dead worker's entries are taken over after one lease, found within half a lease more.
 DEFAULT_LEASE_S = 10.0
 _HEARTBEAT_S = 2.0
+#: Workers that may take a line and stop before starting its request, before it is `failed`.
+MAX_DELIVERIES = 5
 _IDLE_POLL_S = (0.02, 0.5)  # an empty read waits from the first to the second, doubling
 
 
@@ -269,18 +271,40 @@ class Worker:
         messages = await job.unpack_entries(sender, flat)
         to_send: list[Message] = []
         unknown: dict[int, list[Message]] = {}
+        poison: list[Message] = []
         for (id_, _), message in zip(entries, messages, strict=True):
             record = found.started.get(id_)
-            if record is None or self.settings.resend_unknown:
-                to_send.append(message)
-            else:
+            if record is not None and not self.settings.resend_unknown:
                 unknown.setdefault(int(record.split(b" ")[1]), []).append(message)
+            elif record is None and found.deliveries.get(id_, 0) > MAX_DELIVERIES:
+                poison.append(message)
+            else:
+                to_send.append(message)
+        if poison:
+            # Taken by worker after worker, each of which stopped before even starting a
+            # request for it: something about the line stops workers. Give up on it (never
+            # sent, so `failed`), rather than let it stop every worker in turn.
+            self._holdings.add(stream, job.ids_of(poison))
+            self._sink.write_batch(
+                BatchOutcome(
+                    poison,
+                    Status.FAILED,
+                    0,
+                    0,
+                    sender,
+                    "delivery_limit",
+                    f"taken by {MAX_DELIVERIES} workers that all stopped before sending it; "
+                    "never sent",
+                )
+            )
+            self.stats.count_outcome(Status.FAILED.value, sender, len(poison))
         self._log.info(
             "reclaimed",
             sender=sender,
             to_send=len(to_send),
             unknown=sum(map(len, unknown.values())),
             deleted=len(found.deleted),
+            failed=len(poison),
         )
         for request, carried in unknown.items():
             self._holdings.add(stream, job.ids_of(carried))
@@ -297,7 +321,7 @@ class Worker:
                 )
             )
             self.stats.count_outcome(Status.UNKNOWN.value, sender, len(carried))
-        if unknown or found.deleted:
+        if unknown or poison or found.deleted:
             await self._sink.flush()
         if to_send:
             await self._submit(stream, to_send)

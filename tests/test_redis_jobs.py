@@ -319,3 +319,49 @@ async def test_fencing_check_holds_when_the_ids_range_has_more_of_our_entries(
     await job.client.execute_command("XCLAIM", stream, "workers", "new", 0, ids[-1])
     assert not await job.start(stream, "old", 2, [ids[0], ids[-1]])
     assert await job.renew(stream, "old", [ids[0], ids[150], ids[-1]]) == [ids[-1]]
+
+
+async def test_enqueue_reads_csv_with_a_template_as_send_does(
+    job: RedisJob, tmp_path: Path
+) -> None:
+    """`enqueue` takes `send`'s input options: a CSV with a body template is enqueued row by
+    row, and a row the template can't fill gets its `invalid` outcome at once."""
+    from streamsend._campaign import Campaign
+
+    path = tmp_path / "campaign.csv"
+    path.write_text("to_msisdn,name\n+14155550001,Ana\n+14155550002,\n+14155550003,Bo\n")
+    settings = _settings(_sender(), input_format="csv", template="Hi {name}!")
+    columns = Campaign.load(settings).columns
+    result = await enqueue(
+        settings, job, read_inputs([str(path)], input_format="csv", columns=columns)
+    )
+    assert (result.added, result.invalid) == (2, 1)
+    [invalid] = await _collected(job)
+    assert invalid["status"] == "invalid"
+    assert invalid["line"] == 3
+
+
+async def test_a_line_every_worker_dies_on_ends_failed_after_the_delivery_limit(
+    job: RedisJob, tmp_path: Path, emulator: EmulatorFactory
+) -> None:
+    """Entries taken by worker after worker, none of which started a request for them, end
+    `failed` (never sent) once past the delivery limit, instead of stopping workers for ever;
+    entries under the limit are sent."""
+    sender = _sender()
+    emu = await emulator(v1_lists=(sender,))
+    await _enqueue_numbered(job, tmp_path, 6, sender)
+    stream = job.stream(sender)
+    ids = (await job.take(stream, "dead", 10))[0::2]
+    # As if taken 10 times (3 of them) or once (the others), the last taker long silent.
+    for claimed, retries in ((ids[:3], 10), (ids[3:], 1)):
+        await job.client.xclaim(
+            stream, "workers", "dead", 0, claimed, idle=600_000, retrycount=retries, justid=True
+        )
+    assert await _run_worker(job, _settings(sender, emu.base_url)) == ExitCode.OK
+    outcomes = {o["line"]: o for o in await _collected(job)}
+    assert {line: o["status"] for line, o in outcomes.items()} == {
+        **dict.fromkeys((1, 2, 3), "failed"),
+        **dict.fromkeys((4, 5, 6), "queued"),
+    }
+    assert outcomes[1]["code"] == "delivery_limit"
+    assert sorted(int(r["body"][1:]) for r in read_ledger(emu.config.ledger_path)) == [4, 5, 6]

@@ -26,9 +26,9 @@ from streamsend._journal import Decision, FileJournal
 from streamsend._models import BatchOutcome, Encoding, Message, Outcome, Status
 from streamsend._outcomes import FileSink, MemorySink, OutcomeEncoder
 from streamsend._pacing import LATENESS_SLACK_S, LocalRateLimiter
-from streamsend._redis_job import RedisJob
+from streamsend._redis_job import RedisJob, pack_message
 from streamsend._redis_limiter import RedisRateLimiter
-from streamsend._redis_seams import RedisSink
+from streamsend._redis_seams import Holdings, RedisJournal, RedisSink
 from streamsend._source import read_inputs
 from streamsend._types import Journal, LineBlock, LineSource, OutcomeSink, RateLimiter
 from streamsend.testing import lines_from
@@ -299,7 +299,46 @@ def _file_journal(tmp: Path) -> JournalUnderTest:
     return JournalUnderTest(reopen(), FileSink.open_path(str(outcomes), fsync=True), reopen, tear)
 
 
-JOURNALS: dict[str, Callable[[Path], JournalUnderTest]] = {"file": _file_journal}
+def _redis_journal(tmp: Path) -> JournalUnderTest:
+    """A worker's journal in a job on the shared Redis: lines 1-10 of input "in" enqueued and
+    taken by the worker (a journal only records requests of entries its worker holds)."""
+    require_redis(SHARED_REDIS_URL)
+    name = f"test-journal-{uuid.uuid4().hex[:12]}"
+    setup: Any = redis.Redis.from_url(SHARED_REDIS_URL)
+    probe = RedisJob(tracked_client(SHARED_REDIS_URL), name)
+    stream = probe.stream("pn_a")
+    try:
+        setup.hset(probe.meta, mapping={"sources": 1, "source:in": 1, "name:1": "in"})
+        setup.xgroup_create(stream, "workers", id="0", mkstream=True)
+        for message in _messages(range(1, 11)):
+            setup.xadd(stream, {"m": pack_message(message, 0)}, id=f"1-{message.line}")
+        setup.xreadgroup("workers", "suite", {stream: ">"}, count=100)
+        for key in (probe.meta, stream):  # cleaned up by expiry: the test reopens the journal
+            setup.expire(key, 600)
+    finally:
+        setup.close()
+
+    def reopen() -> Journal:
+        job = RedisJob(tracked_client(SHARED_REDIS_URL), name)
+        return RedisJournal(job, "suite", Holdings(), None)
+
+    def tear() -> None:
+        client: Any = redis.Redis.from_url(SHARED_REDIS_URL)
+        try:  # a record no worker could have written: unreadable, so ignored
+            client.hset(probe.started, "1-10", "half")
+            for key in (probe.started, probe.outcomes):
+                client.expire(key, 600)
+        finally:
+            client.close()
+
+    sink = RedisSink(probe, "suite", Holdings(), None)
+    return JournalUnderTest(reopen(), sink, reopen, tear)
+
+
+JOURNALS: dict[str, Callable[[Path], JournalUnderTest]] = {
+    "file": _file_journal,
+    "redis": _redis_journal,
+}
 
 
 @pytest.fixture(params=sorted(JOURNALS))
@@ -467,5 +506,6 @@ def test_implementations_are_the_protocols() -> None:
     sources: list[LineSource] = [lines_from([b"x"])]
     sinks: list[OutcomeSink] = [MemorySink()]
     limiters: list[RateLimiter] = [_local_limiter()]
-    journal_types: list[type[Journal]] = [FileJournal]
-    assert len(sources) == len(sinks) == len(limiters) == len(journal_types) == 1
+    journal_types: list[type[Journal]] = [FileJournal, RedisJournal]
+    assert len(sources) == len(sinks) == len(limiters) == 1
+    assert len(journal_types) == 2
