@@ -433,7 +433,8 @@ def _parser() -> argparse.ArgumentParser:
         "--price-per-segment",
         type=_price,
         metavar="PRICE",
-        help="price of one SMS segment, to estimate the campaign's cost (e.g. 0.0075)",
+        help="price of one SMS segment, to estimate the campaign's cost (e.g. 0.0075; "
+        "default: none, no cost)",
     )
     parser.add_argument(
         "--rate",
@@ -452,7 +453,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--summary-json",
         metavar="PATH",
-        help="also write the summary as one JSON object to PATH",
+        help="also write the summary as one JSON object to PATH (default: none)",
     )
     return parser
 

@@ -8,20 +8,24 @@ Subprocess runs, as a user types them.
 
 from __future__ import annotations
 
+import argparse
 import re
 import signal
 import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
+from streamsend._check import _parser as check_parser
 from streamsend._cli import _send_parser
 from streamsend._config import Settings, load_settings, resolve_settings
 from streamsend._exceptions import ConfigError
+from streamsend.emulator._command import build_parser as emulator_parser
 from streamsend.testing import API_KEY
 from tests.conftest import clean_env, emulator_subprocess
 
@@ -172,10 +176,15 @@ def test_version(tmp_path: Path) -> None:
     assert re.fullmatch(r"streamsend \d+\.\d+\.\d+\S*\n", result.stdout)
 
 
-def test_every_send_flag_shows_its_default() -> None:
-    """Every `send` flag that takes a value says its default in --help (store-true switches
-    are off unless given)."""
-    for action in _send_parser()._actions:
+@pytest.mark.parametrize(
+    "parser",
+    [_send_parser, check_parser, emulator_parser],
+    ids=["send (and config show)", "check", "emulator"],
+)
+def test_every_flag_shows_its_default(parser: Callable[[], argparse.ArgumentParser]) -> None:
+    """Every flag of `send`, `check` and `emulator` that takes a value says its default in
+    --help (store-true switches are off unless given)."""
+    for action in parser()._actions:
         if not action.option_strings or action.nargs == 0:
             continue
         assert action.help is not None
