@@ -24,7 +24,7 @@ from pathlib import Path
 from benchmarks._emulator import EmulatorProcess
 from benchmarks._inputs import write_input
 from benchmarks._process import run_measured
-from benchmarks._tools import count_outcomes, remove_run_files, streamsend_command
+from benchmarks._tools import UNPACED, count_outcomes, remove_run_files, streamsend_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Each variant: the extra `send` flags, and whether it runs the baseline's code.
@@ -87,7 +87,7 @@ def main() -> None:
                     str(source),
                     base_url=emulator.base_url,
                     outcomes=outcomes,
-                    extra=[*extra, "--log-level", "warning"],
+                    extra=[*UNPACED, *extra, "--log-level", "warning"],
                 )
                 with _cwd(baseline if is_baseline else REPO_ROOT):
                     run = run_measured(argv, env=env, log_path=data / "ab.log", timeout_s=600)

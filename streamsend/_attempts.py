@@ -199,6 +199,7 @@ class AttemptLoop:
                             # A worker's entries went to another worker (fencing, see
                             # _redis_seams): that one sends them; this request never leaves.
                             return
+                    await self._lanes.space_send(lane, len(messages))
                     self._stats.in_flight += 1
                     started = time.monotonic()
                     try:

@@ -62,9 +62,12 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
         "--template",
         metavar="TEXT",
         help="the body, from each record's fields: 'Hi {first_name}, your code is {code}' "
-        "({{ and }} are literal braces; a missing or empty field makes the line invalid)",
+        "({{ and }} are literal braces; a missing or empty field makes the line invalid; "
+        "default: none, each record's own body)",
     )
-    p.add_argument("--template-file", metavar="PATH", help="read the template from a file")
+    p.add_argument(
+        "--template-file", metavar="PATH", help="read the template from a file (default: none)"
+    )
 
 
 #: The settings the sorting-out flags set.
@@ -78,7 +81,8 @@ def add_sorting_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="FILE",
         help="opt-out list: numbers never to text (one per line, or CSV/NDJSON with a phone "
-        "column; gzip/zstd too); those lines end `suppressed`. Repeat for more files",
+        "column; gzip/zstd too); those lines end `suppressed`. Repeat for more files "
+        "(default: none)",
     )
     p.add_argument(
         "--dedupe",
@@ -98,13 +102,13 @@ def add_sorting_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="OUTCOMES",
         help="recipients `queued` in this earlier run's outcomes file are `duplicate` (repeat "
-        "for more files)",
+        "for more files; default: none)",
     )
     p.add_argument(
         "--expire-after",
         metavar="DURATION",
         help="a line not sent within this long of being read (e.g. 2h, 90m) is `expired`, as "
-        "is one past its own `send_before` (RFC 3339)",
+        "is one past its own `send_before` (RFC 3339; default: no limit)",
     )
 
 

@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import BinaryIO, get_args
+from typing import BinaryIO
 
 import orjson
 
 from streamsend._campaign import (
+    INPUT_SETTINGS,
     SORTING_SETTINGS,
     Campaign,
     add_input_arguments,
@@ -47,9 +48,8 @@ from streamsend._pacing import (
     parse_rate,
 )
 from streamsend._source import DEFAULT_MAX_LINE_BYTES, read_inputs
-from streamsend._template import load_template
 from streamsend._types import ApiVersion, ExitCode
-from streamsend._usage import OneLineParser
+from streamsend._usage import OneLineParser, add_setting_arguments, setting_values
 from streamsend._validate import Validator, sender_problem
 
 #: Stands in for a missing `--from` under v1, where any non-empty ID is well-formed: the check
@@ -59,6 +59,8 @@ V1_PLACEHOLDER_SENDER = "pn_check"
 
 #: How many of the numbers that would get several messages the summary names.
 _EXAMPLE_DUPLICATES = 5
+#: How many lines of each example the summary names (its first message's, then the others').
+_LINES_PER_DUPLICATE = 3
 #: How many rendered bodies (with a template) the summary shows.
 _SAMPLES = 3
 
@@ -75,6 +77,8 @@ class CheckSummary:
     duplicate_recipients: int  # numbers that would get more than one message
     duplicate_messages: int  # messages beyond the first to those numbers
     duplicate_examples: tuple[str, ...] = ()  # a few of those numbers, most messages first
+    # For each example, where its messages are ("12" or "file.csv:12"; the first few).
+    duplicate_lines: tuple[tuple[str, ...], ...] = ()
     sender_checked: bool = True  # False when v1 ran without --from (see V1_PLACEHOLDER_SENDER)
     inputs: tuple[str, ...] = field(default=())
     # The most valid messages any one sending number has: pacing is per sending number, so
@@ -119,6 +123,7 @@ class CheckSummary:
             "duplicate_recipients": self.duplicate_recipients,
             "duplicate_messages": self.duplicate_messages,
             "duplicate_examples": list(self.duplicate_examples),
+            "duplicate_lines": [list(lines) for lines in self.duplicate_lines],
             "sender_checked": self.sender_checked,
             "rate": format_rate(rate_per_s),
             "estimated_seconds": self.duration_at(rate_per_s),
@@ -156,8 +161,12 @@ async def check_inputs(
 
     valid = segments = gsm7 = 0
     invalid_by_code: dict[str, int] = {}
-    seen: set[str] = set()
+    # number -> where its first message is, as source index * 2**40 + line number: an int per
+    # distinct recipient (the check's one per-recipient cost), yet duplicates can name lines.
+    first_at: dict[str, int] = {}
     extra: dict[str, int] = {}  # number -> messages beyond its first
+    again_at: dict[str, list[int]] = {}  # number -> where the first few extra messages are
+    source_index: dict[str, int] = {}
     by_sender: dict[str, int] = {}
     too_long = f"the line is longer than {max_line_bytes} bytes"
     dumps = orjson.dumps
@@ -214,10 +223,14 @@ async def check_inputs(
                         gsm7 += 1
                     by_sender[result.sender] = by_sender.get(result.sender, 0) + 1
                     to = result.to
-                    if to in seen:
+                    at = source_index.setdefault(source, len(source_index)) << 40 | number
+                    if to in first_at:
                         extra[to] = extra.get(to, 0) + 1
+                        later = again_at.setdefault(to, [])
+                        if len(later) < _LINES_PER_DUPLICATE:
+                            later.append(at)
                     else:
-                        seen.add(to)
+                        first_at[to] = at
                     record = {
                         "line": number,
                         "source": source,
@@ -252,6 +265,17 @@ async def check_inputs(
             out.write(b"\n".join(records))
 
     examples = sorted(extra.items(), key=lambda item: (-item[1], item[0]))[:_EXAMPLE_DUPLICATES]
+    names = list(source_index)
+
+    def where(at: int) -> str:
+        line = str(at & (1 << 40) - 1)
+        return line if len(names) == 1 else f"{names[at >> 40]}:{line}"
+
+    duplicate_lines = tuple(
+        tuple(where(at) for at in (first_at[number], *again_at[number]))
+        + (("…",) if count > _LINES_PER_DUPLICATE else ())
+        for number, count in examples
+    )
     return CheckSummary(
         valid=valid,
         invalid_by_code=invalid_by_code,
@@ -261,6 +285,7 @@ async def check_inputs(
         duplicate_recipients=len(extra),
         duplicate_messages=sum(extra.values()),
         duplicate_examples=tuple(number for number, _ in examples),
+        duplicate_lines=duplicate_lines,
         sender_checked=sender_checked,
         inputs=tuple(inputs),
         busiest_sender_messages=max(by_sender.values(), default=0),
@@ -276,9 +301,8 @@ def format_check_summary(
     rate_per_s: float | None = DEFAULT_RATE_PER_MIN / 60,
 ) -> str:
     """The human summary `streamsend check` prints on stderr (no trailing newline)."""
-    lines = [
-        f"checked {summary.lines:,} lines: {summary.valid:,} valid, {summary.invalid:,} invalid"
-    ]
+    counts = f"{summary.valid:,} valid, {summary.invalid:,} invalid"
+    lines = [f"checked {_count(summary.lines, 'line')}: {counts}"]
     if summary.held_back:
         lines.append(
             "  not sent: "
@@ -302,9 +326,13 @@ def format_check_summary(
     if summary.duplicate_recipients:
         lines.append(
             f"  duplicate recipients: {_count(summary.duplicate_recipients, 'number')} would get "
-            f"{_count(summary.duplicate_messages, 'extra message')} (e.g. "
-            + ", ".join(summary.duplicate_examples)
-            + ")"
+            f"{_count(summary.duplicate_messages, 'extra message')}, e.g. "
+            + "; ".join(
+                _duplicate_example(
+                    number, summary.duplicate_lines[i] if summary.duplicate_lines else ()
+                )
+                for i, number in enumerate(summary.duplicate_examples)
+            )
         )
     if price_per_segment is not None:
         cost = summary.estimated_cost(price_per_segment)
@@ -327,6 +355,10 @@ def format_check_summary(
     if not summary.sender_checked:
         lines.append("  note: no --from given, so the sending number was not checked")
     return "\n".join(lines)
+
+
+def _duplicate_example(number: str, where: tuple[str, ...]) -> str:
+    return f"{number} on lines {', '.join(where)}" if where else number
 
 
 def _duration(seconds: float) -> str:
@@ -358,16 +390,6 @@ on every message.
 
 Exit status: 0 every line is valid, 1 some lines are invalid, 2 bad usage or unreadable input.
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return value
 
 
 def _price(text: str) -> Decimal:
@@ -404,30 +426,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_input_arguments(parser)
     add_sorting_arguments(parser)
-    parser.add_argument(
-        "--api-version",
-        choices=get_args(ApiVersion),
-        default="v1",
-        help="the API the campaign is meant for (default: v1)",
-    )
-    parser.add_argument(
-        "--from",
-        dest="sender",
-        metavar="SENDER",
-        help="default sender: v1 from_phone_number_id, v2 list_number (E.164)",
-    )
-    parser.add_argument(
-        "--max-line-bytes",
-        type=_positive_int,
-        default=DEFAULT_MAX_LINE_BYTES,
-        metavar="N",
-        help=f"longer lines are invalid (line_too_long); default {DEFAULT_MAX_LINE_BYTES}",
-    )
+    # The same flags, STREAMSEND_* variables and config file as `send`: a campaign checked
+    # for v2 in the config is checked as v2.
+    add_setting_arguments(parser, "config", "api_version", "sender", "max_line_bytes")
     parser.add_argument(
         "--price-per-segment",
         type=_price,
         metavar="PRICE",
-        help="price of one SMS segment, to estimate the campaign's cost (e.g. 0.0075)",
+        help="price of one SMS segment, to estimate the campaign's cost (e.g. 0.0075; "
+        "default: none, no cost)",
     )
     parser.add_argument(
         "--rate",
@@ -446,7 +453,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--summary-json",
         metavar="PATH",
-        help="also write the summary as one JSON object to PATH",
+        help="also write the summary as one JSON object to PATH (default: none)",
     )
     return parser
 
@@ -475,8 +482,15 @@ def check_main(argv: list[str]) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> CheckSummary:
-    if args.sender is not None:
-        problem = sender_problem(args.api_version, args.sender)
+    settings = load_settings(
+        config_path=args.config,
+        cli={
+            **setting_values(args, ("api_version", "sender", "max_line_bytes")),
+            **{name: getattr(args, name) for name in (*INPUT_SETTINGS, *SORTING_SETTINGS)},
+        },
+    )
+    if settings.sender is not None:
+        problem = sender_problem(settings.api_version, settings.sender)
         if problem is not None:
             raise ConfigError(f"--from: {problem}")
     # Find unreadable inputs and unwritable outputs before writing anything, so a typo in the
@@ -488,29 +502,10 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
             raise InputError(f"can't open input {path!r}: no such file")
         if os.path.isdir(path) or not os.access(path, os.R_OK):
             raise InputError(f"can't open input {path!r}: not a readable file")
-    precheck_inputs(args.inputs, args.input_format)
-    try:
-        template = load_template(args.template, args.template_file)
-    except ValueError as exc:
-        flag = "--template-file" if args.template_file else "--template"
-        raise ConfigError(f"{flag}: {exc}") from None
-    columns = CsvColumns(
-        api_version=args.api_version,
-        to_column=args.to_column,
-        body_column=args.body_column,
-        ref_column=args.ref_column,
-        template=template,
-    )
+    precheck_inputs(args.inputs, settings.input_format)
     # The same campaign options and defaults as `send` (the flags' checks name the flag).
-    campaign = Campaign.load(
-        load_settings(
-            env={},
-            cli={
-                "api_version": args.api_version,
-                **{name: getattr(args, name, None) for name in SORTING_SETTINGS},
-            },
-        )
-    )
+    campaign = Campaign.load(settings)
+    columns = campaign.columns
     with ExitStack() as stack:
         out = (
             sys.stdout.buffer
@@ -525,11 +520,11 @@ def _run_check(args: argparse.Namespace) -> CheckSummary:
         summary = asyncio.run(
             check_inputs(
                 args.inputs,
-                api_version=args.api_version,
-                default_sender=args.sender,
-                max_line_bytes=args.max_line_bytes,
+                api_version=settings.api_version,
+                default_sender=settings.sender,
+                max_line_bytes=settings.max_line_bytes,
                 out=out,
-                input_format=args.input_format,
+                input_format=settings.input_format,
                 columns=columns,
                 campaign=campaign,
             )

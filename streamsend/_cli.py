@@ -18,19 +18,24 @@ import stat
 import sys
 from collections.abc import Callable, Sequence
 
-import orjson
-
 from streamsend._campaign import (
     INPUT_SETTINGS,
     SORTING_SETTINGS,
     add_input_arguments,
     add_sorting_arguments,
 )
-from streamsend._config import API_KEY_ENV, load_api_key, load_settings
+from streamsend._config import (
+    API_KEY_ENV,
+    CONFIG_ENV,
+    load_api_key,
+    load_settings,
+    resolve_settings,
+    settings_as_toml,
+)
 from streamsend._exceptions import ConfigError, InputError
 from streamsend._formats import precheck_inputs
 from streamsend._types import ExitCode
-from streamsend._usage import OneLineParser
+from streamsend._usage import OneLineParser, add_setting_arguments
 from streamsend._validate import sender_problem
 
 _SEND_EPILOG = """\
@@ -51,19 +56,22 @@ stopped by an unexpected error (e.g. a full disk: rerun with --resume); 130 stop
 """
 
 
-def _send_parser() -> argparse.ArgumentParser:
+def _send_parser(
+    prog: str = "streamsend send",
+    description: str = 'Stream NDJSON lines ({"to_msisdn": ..., "body": ..., "ref": ...}), '
+    "or CSV/TSV records (gzip and zstd too), from files or stdin to the Trackly bulk API, "
+    "writing one outcome per line.",
+) -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="streamsend send",
-        description='Stream NDJSON lines ({"to_msisdn": ..., "body": ..., "ref": ...}), '
-        "or CSV/TSV records (gzip and zstd too), from files or stdin to the Trackly bulk API, "
-        "writing one outcome per line.",
+        prog=prog,
+        description=description,
         epilog=_SEND_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="NDJSON, CSV or TSV files; - is stdin (default)"
     )
-    p.add_argument("--config", metavar="TOML", help="a config file (see configs/)")
+    add_setting_arguments(p, "config")
     p.add_argument(
         "--emulator",
         action="store_true",
@@ -71,14 +79,7 @@ def _send_parser() -> argparse.ArgumentParser:
         "(a rehearsal: nothing leaves this machine)",
     )
     p.add_argument("--base-url", help="API base URL (default https://app.tracklysms.com/api)")
-    p.add_argument("--api-version", choices=("v1", "v2"), help="bulk API version (default v1)")
-    p.add_argument(
-        "--from",
-        dest="sender",
-        metavar="SENDER",
-        help="sending list: v1 from_phone_number_id, v2 list_number (E.164); a line's "
-        "own from_phone_number_id / list_number overrides it",
-    )
+    add_setting_arguments(p, "api_version", "sender")
     p.add_argument("--outcomes", metavar="PATH", help="append outcomes here (default stdout)")
     p.add_argument(
         "--journal",
@@ -132,21 +133,31 @@ def _send_parser() -> argparse.ArgumentParser:
         "--drain-timeout",
         help="on SIGTERM/SIGINT, wait this long for requests in flight (default 30s)",
     )
-    p.add_argument("--max-line-bytes", type=int, help="longer lines are invalid (default 65536)")
+    add_setting_arguments(p, "max_line_bytes")
     p.add_argument(
         "--fsync",
         choices=("request", "off"),
         help="request (default): journal and outcomes reach the disk before each "
         "request is sent / marked done; off: leave it to the OS",
     )
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="(default info)"
+    )
     p.add_argument(
         "--log-format",
         choices=("auto", "json", "console"),
-        help="auto: console on a terminal, JSON lines otherwise",
+        help="auto (default): console on a terminal, JSON lines otherwise",
     )
     p.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus metrics and /healthz on 127.0.0.1:PORT"
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics and /healthz on this port (default: none, no metrics)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        metavar="ADDRESS",
+        help="the address --metrics-port listens on, e.g. 0.0.0.0 for a scraper on another "
+        "host (default 127.0.0.1)",
     )
     add_input_arguments(p)
     add_sorting_arguments(p)
@@ -186,6 +197,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "log_level",
         "log_format",
         "metrics_port",
+        "metrics_host",
         *INPUT_SETTINGS,
         *SORTING_SETTINGS,
         "proxy",
@@ -252,21 +264,41 @@ def _check_inputs(inputs: Sequence[str]) -> None:
 
 
 def config_main(argv: Sequence[str]) -> int:
-    """`streamsend config show`: print the effective configuration (the key redacted)."""
-    parser = OneLineParser(prog="streamsend config", description="Show the configuration.")
-    sub = parser.add_subparsers(dest="config_command", required=True, metavar="show")
-    show = sub.add_parser("show", help="print the effective config (key redacted)")
-    show.add_argument("--config", metavar="TOML")
-    args = parser.parse_args(list(argv))
-    settings = load_settings(config_path=args.config)
-    shown = settings.redacted()
-    key_set = bool(os.environ.get(API_KEY_ENV))
-    shown["api_key"] = (
-        "trk_*** (from TRACKLY_API_KEY)"
-        if key_set
-        else ("(from api_key_file)" if settings.api_key_file else "(not set)")
-    )
-    sys.stdout.buffer.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2) + b"\n")
+    """`streamsend config show [SEND FLAGS]`: the effective settings as TOML, with origins."""
+    if list(argv[:1]) != ["show"]:
+        parser = OneLineParser(prog="streamsend config", description="Show the configuration.")
+        sub = parser.add_subparsers(dest="config_command", required=True, metavar="show")
+        sub.add_parser("show", help="print the effective config as TOML (key redacted)")
+        parser.parse_args(list(argv))  # --help, or a one-line usage error (exit 2)
+        return ExitCode.USAGE
+    # The very flags `send` takes, so `config show` answers "what would this send use?".
+    args = _send_parser(
+        prog="streamsend config show",
+        description="Print the settings `streamsend send` would run with, given these flags, "
+        "the STREAMSEND_* variables and the config file, as TOML that can be saved and "
+        "passed back with --config; each value's origin is a comment.",
+    ).parse_args(list(argv[1:]))
+    settings, origins = resolve_settings(config_path=args.config, cli=_cli_values(args))
+    key_problem = None
+    try:
+        load_api_key(settings)
+        key_note = (
+            f"from {API_KEY_ENV}"
+            if os.environ.get(API_KEY_ENV)
+            else f"from api_key_file {settings.api_key_file}"
+        ) + " (trk_***, shaped like a Trackly key)"
+    except ConfigError as exc:
+        key_note = "not usable: " + str(exc)
+        key_problem = exc
+    config = os.environ.get(CONFIG_ENV) if args.config is None else args.config
+    header = [
+        "# streamsend config show: the effective settings; save them and pass --config FILE",
+        f"# config file: {config or 'none'}",
+        f"# api_key: {key_note}",
+    ]
+    sys.stdout.write("\n".join(header) + "\n" + settings_as_toml(settings, origins))
+    if key_problem is not None and (os.environ.get(API_KEY_ENV) or settings.api_key_file):
+        raise key_problem  # the key `send` would refuse: one line, exit 2, as send does
     return ExitCode.OK
 
 
@@ -324,10 +356,20 @@ def build_parser() -> argparse.ArgumentParser:
         "paced, retried safely, one outcome per input line.",
         epilog="Run `streamsend COMMAND --help` for a command's flags.",
     )
+    parser.add_argument("--version", action="version", version=f"streamsend {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamsend")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

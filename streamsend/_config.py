@@ -8,15 +8,17 @@ TRACKLY_API_KEY or from the file `api_key_file` names, and it is never printed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from streamsend._exceptions import ConfigError
-from streamsend._pacing import DEFAULT_RATE_PER_MIN, UNLIMITED, parse_rate
+from streamsend._pacing import DEFAULT_RATE_PER_MIN, UNLIMITED, format_rate, parse_rate
 from streamsend._types import ApiVersion
 
 DEFAULT_BASE_URL = "https://app.tracklysms.com/api"
@@ -80,6 +82,7 @@ class Settings:
     # None: the proxy HTTPS_PROXY & co. name (see `_dispatch.proxy_for`); "": connect directly.
     proxy: str | None = None
     ca_bundle: str | None = None  # PEM CAs trusted besides the system's (a private CA)
+    metrics_host: str = "127.0.0.1"  # where metrics_port listens
 
     @property
     def fixed_concurrency(self) -> int | None:
@@ -98,7 +101,11 @@ class Settings:
     def journal_path(self) -> str | None:
         if self.journal is not None:
             return self.journal
-        return None if self.outcomes == "-" else self.outcomes + ".journal"
+        if self.outcomes == "-" or not _regular_or_absent(self.outcomes):
+            # Beside /dev/null or a pipe there is no file to put one in (and no outcomes to
+            # resume from): the run says so at start instead of writing /dev/null.journal.
+            return None
+        return self.outcomes + ".journal"
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict for `config show` and the start log (no secret is in here)."""
@@ -107,6 +114,15 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = dict(value) if isinstance(value, Mapping) else value
         return out
+
+
+def _regular_or_absent(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True  # it will be created as a regular file
+    except OSError:
+        return True  # opening it will say what is wrong
 
 
 def _int_in(lo: int, hi: int) -> Callable[[object], int]:
@@ -291,26 +307,98 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "expire_after": _float_in(0.001, 365 * 86400, duration=True),
     "proxy": _proxy,
     "ca_bundle": _text,
+    "metrics_host": _text,
 }
 # Friendlier spellings accepted in files and the environment.
 _ALIASES = {"from": "sender", "rates": "sender_rates", "format": "input_format"}
 
 
-def _apply(settings: Settings, values: Mapping[str, object], where: str) -> Settings:
+#: Keys a TOML file must give as TOML integers or booleans: `concurrency = "4"` is a mistake
+#: worth naming (quoted numbers often come from templating), though the environment, where
+#: every value is text, may spell them as strings.
+_TOML_INTEGERS = {
+    "batch_size", "concurrency", "retries", "max_line_bytes", "max_buffered", "metrics_port",
+}  # fmt: skip
+_TOML_BOOLEANS = {"resend_unknown"}
+#: What users call a field (in files, messages and `config show`), where it differs.
+USER_NAMES = {"sender_rates": "rates"}
+CONFIG_ENV = "STREAMSEND_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where values come from: how an error names a key, and what `config show` says."""
+
+    kind: Literal["file", "env", "flag"]
+    where: str = ""  # the file's path
+    lines: tuple[str, ...] = ()  # the file's text, to find a key's line
+
+    def name(self, raw_key: str) -> str:
+        if self.kind == "flag":
+            return "--" + raw_key.replace("_", "-")
+        if self.kind == "env":
+            return "STREAMSEND_" + raw_key.upper()
+        return f"{raw_key} in {self.where}"
+
+    def origin(self, raw_key: str) -> str:
+        if self.kind != "file":
+            return self.name(raw_key)
+        pattern = re.compile(
+            rf'^\s*(?:"?{re.escape(raw_key)}"?\s*=|\[\s*"?{re.escape(raw_key)}"?\s*\])'
+        )
+        for number, line in enumerate(self.lines, 1):
+            if pattern.match(line):
+                return f"{self.where}:{number}"
+        return self.where
+
+
+def _apply(
+    settings: Settings,
+    values: Mapping[str, object],
+    source: _Source,
+    origins: dict[str, str],
+) -> Settings:
     changes: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = _ALIASES.get(raw_key, raw_key)
         parser = _FIELDS.get(key)
         if parser is None:
-            known = ", ".join(sorted(_FIELDS))
-            raise ConfigError(f"unknown key {raw_key!r} in {where} (known keys: {known})")
+            known = ", ".join(sorted(USER_NAMES.get(k, k) for k in _FIELDS))
+            what = (
+                f"unknown setting {source.name(raw_key)} in the environment"
+                if source.kind == "env"
+                else f"unknown key {raw_key!r} in {source.where or 'the command line'}"
+            )
+            raise ConfigError(f"{what} (known keys: {known})")
         try:
+            if source.kind == "file":
+                _check_toml_type(key, value)
             changes[key] = parser(value)
         except ValueError as exc:
-            if where == "the command line":
-                raise ConfigError(f"--{raw_key.replace('_', '-')}: {exc}") from None
-            raise ConfigError(f"{raw_key} in {where}: {exc}") from None
+            raise ConfigError(f"{source.name(raw_key)}: {exc}") from None
+        origins[key] = source.origin(raw_key)
+        _remember_rates_as_written(key, value, origins)
     return replace(settings, **changes)
+
+
+def _remember_rates_as_written(key: str, value: object, origins: dict[str, str]) -> None:
+    # `config show` prints a rate as it was written ("6000/min", not "100/s"); kept beside the
+    # origins as "=rate" and "=rates.SENDER" entries.
+    if key == "rate" and isinstance(value, str):
+        origins["=rate"] = value.strip()
+    elif key == "sender_rates" and isinstance(value, Mapping):
+        for sender, rate in value.items():
+            if isinstance(rate, str):
+                origins[f"=rates.{sender}"] = rate.strip()
+
+
+def _check_toml_type(key: str, value: object) -> None:
+    # Only quoted numbers: a word such as concurrency = "auto" is for the key's own parser.
+    quoted_number = isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*", value)
+    if quoted_number and key in _TOML_INTEGERS:
+        raise ValueError(f"expected a whole number, got the string {value!r} (drop the quotes)")
+    if isinstance(value, str) and key in _TOML_BOOLEANS:
+        raise ValueError(f"expected true or false, got the string {value!r} (drop the quotes)")
 
 
 def load_settings(
@@ -320,32 +408,94 @@ def load_settings(
     cli: Mapping[str, object] | None = None,
 ) -> Settings:
     """Build the effective settings; raises ConfigError naming the key and its source."""
+    return resolve_settings(config_path=config_path, env=env, cli=cli)[0]
+
+
+def resolve_settings(
+    *,
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cli: Mapping[str, object] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """The effective settings, and where each value not left at its default came from: the
+    flag (`--rate`), the environment variable (`STREAMSEND_RATE`) or the file (`path:line`).
+
+    The config file is `config_path` (--config) or else the file STREAMSEND_CONFIG names.
+    """
     settings = Settings()
+    origins: dict[str, str] = {}
+    environ = os.environ if env is None else env
+    if config_path is None and environ.get(CONFIG_ENV):
+        config_path = environ[CONFIG_ENV]
     if config_path is not None:
         try:
             with open(config_path, "rb") as file:
-                data = tomllib.load(file)
+                raw = file.read()
+            data = tomllib.loads(raw.decode("utf-8"))
         except OSError as exc:
             raise ConfigError(f"can't read config file {config_path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{config_path} is not valid TOML: {exc}") from None
         data.pop("emulator", None)  # the emulator's own table, read by `streamsend emulator`
-        settings = _apply(settings, data, config_path)
-    environ = os.environ if env is None else env
+        source = _Source("file", config_path, tuple(raw.decode("utf-8").splitlines()))
+        settings = _apply(settings, data, source, origins)
     from_env = {
         name[len("STREAMSEND_") :].lower(): value
-        for name, value in environ.items()
-        if name.startswith("STREAMSEND_")
+        for name, value in sorted(environ.items())
+        if name.startswith("STREAMSEND_") and name != CONFIG_ENV
     }
-    if from_env:
-        settings = _apply(settings, from_env, "the environment (STREAMSEND_*)")
+    settings = _apply(settings, from_env, _Source("env"), origins)
     if cli:
-        settings = _apply(
-            settings, {k: v for k, v in cli.items() if v is not None}, "the command line"
-        )
+        given = {k: v for k, v in cli.items() if v is not None}
+        settings = _apply(settings, given, _Source("flag"), origins)
     if settings.backoff_cap < settings.backoff_base:
         raise ConfigError("backoff_cap must not be below backoff_base")
-    return settings
+    return settings, origins
+
+
+def settings_as_toml(settings: Settings, origins: Mapping[str, str]) -> str:
+    """The settings as a TOML file that loads back to the same settings, each value with where
+    it came from as a comment (`origins` from `resolve_settings`; "default" when absent), and
+    rates as a person writes them."""
+    rows: list[tuple[str, str]] = []
+    tables: list[str] = []
+    for f in fields(Settings):
+        name = USER_NAMES.get(f.name, f.name)
+        value = getattr(settings, f.name)
+        origin = origins.get(f.name, "default")
+        if isinstance(value, Mapping):
+            if value:
+                tables.append(f"\n[{name}]  # {origin}")
+                for sender, rate in value.items():
+                    written = origins.get(f"=rates.{sender}") or format_rate(rate)
+                    tables.append(f"{_toml_string(sender)} = {_toml_string(written)}")
+            else:
+                rows.append((f"# [{name}] (none)", origin))
+        elif f.name == "rate":
+            written = origins.get("=rate") or format_rate(value)
+            rows.append((f"{name} = {_toml_string(written)}", origin))
+        elif value is None or value == ():
+            rows.append((f"# {name} (not set)", origin))
+        else:
+            rows.append((f"{name} = {_toml_value(value)}", origin))
+    width = max(len(text) for text, _ in rows) + 2
+    lines = [f"{text:<{width}}# {origin}" for text, origin in rows]
+    return "\n".join(lines + tables) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return _toml_string(str(value))
+
+
+def _toml_string(text: str) -> str:
+    # A JSON string is a TOML basic string (same quotes and escapes, `\uXXXX` included).
+    return json.dumps(text, ensure_ascii=False)
 
 
 def load_api_key(settings: Settings, env: Mapping[str, str] | None = None) -> str:

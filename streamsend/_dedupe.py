@@ -11,19 +11,23 @@ It holds across `--resume`: the resumed run reads the input from the start, and 
 earlier run settled are remembered (not sent) in input order, so a copy after them is still a
 duplicate of the same first line.
 
-Memory stays bounded on an endless stream: each message is kept as a 64-bit hash and where it
-came from, in a dict (about 100 bytes a message), in generations of `window` messages; when the
-current generation is full, the one before it is dropped. So a copy is caught when its first
-line is among the last `window` (default 2^18 = 262,144) distinct messages, often up to twice
-that, and memory is at most two full generations, about 50 MB by default, whatever the length
-of the stream (`--dedupe-window` trades one for the other). False positives: two different
-messages share a 64-bit hash with probability 2^-64, so a message is wrongly taken for a copy
-with probability at most 2·window/2^64 ≈ 2.8e-14 (one in 3.5·10^13 messages).
+Memory stays bounded on an endless stream: each message is kept as a 64-bit hash in a dict
+whose value is the number of the block it came in (one shared int per block, the line is
+looked up in the block only for a copy): about 70 bytes a message. Messages are kept in
+generations of `window`; when the current generation is full, the one before it is dropped. So
+a copy is caught when its first line is among the last `window` (default 2^18 = 262,144)
+distinct messages, often up to twice that, and memory is at most two full generations, about
+40 MB by default (measured: peak RSS +60 MiB with the allocator's slack, the same after 0.6M
+and 3M messages; `benchmarks/campaign_memory.py`), whatever the length of the stream
+(`--dedupe-window` trades one for the other). False positives: two different messages share
+a 64-bit hash with probability 2^-64, so a message is wrongly taken for a copy with
+probability at most 2·window/2^64 ≈ 2.8e-14 (one in 3.5·10^13 messages).
 
 Why a dict of Python ints and not a compact table (16 bytes a message in an `array`): the
-usual block is settled by `isdisjoint` and `update` in C, about 0.2 µs a message; probing an
-array from Python costs twice that, every int read from it being a new object. Measured on the
-loopback benchmark, the dict costs the run a few per cent (see the README's Performance).
+usual block is settled by `isdisjoint` and `update` in C, about 0.2 µs a message with the
+hashing; probing an array from Python costs twice that, every int read from it being a new
+object. Measured on the loopback benchmark, dedupe costs the run about 0.6 µs of CPU a
+message (see the README's Performance).
 
 The hash is Python's own (SipHash-1-3 over the wire bytes, or the recipient), computed in C.
 It is randomised per process, which is fine: nothing hashed is kept across runs; a resumed run
@@ -35,6 +39,8 @@ from __future__ import annotations
 import re
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from typing import Literal
 
@@ -47,10 +53,21 @@ from streamsend._validate import is_e164
 
 DedupeMode = Literal["message", "recipient", "off"]
 DEFAULT_WINDOW = 1 << 18
-_LINE_BITS = 40  # a line number below 2^40 (a trillion lines) per input; the input's index above
-_LINE_MASK = (1 << _LINE_BITS) - 1
 _KEY_OF = {"message": itemgetter(4), "recipient": itemgetter(2)}  # Message.wire, Message.to
 _LINE_OF = itemgetter(1)  # Message.line
+
+
+@dataclass(slots=True)
+class _Block:
+    """A block of messages that were remembered: which line each hash came from."""
+
+    source: str
+    hashes: list[int]  # the very int objects the generation's dict holds as keys
+    first_line: int
+    lines: array[int] | None  # None: consecutive lines from first_line (the usual block)
+
+    def line_at(self, position: int) -> int:
+        return self.first_line + position if self.lines is None else self.lines[position]
 
 
 class Dedupe:
@@ -62,11 +79,15 @@ class Dedupe:
         self.mode = mode
         self.window = window
         self._key_of = _KEY_OF[mode]
-        # hash -> where the message was first seen (input index << 40 | line)
+        # hash -> the number of the block it was first seen in. One shared int per block, not
+        # one object per message: the line is looked up in the block only for a copy.
         self._current: dict[int, int] = {}
         self._previous: dict[int, int] = {}
-        self._sources: list[str] = []
-        self._source_index: dict[str, int] = {}
+        self._blocks: dict[int, _Block] = {}
+        self._current_blocks: list[int] = []
+        self._previous_blocks: list[int] = []
+        self._next_block = 0
+        self._sources_of: dict[int, list[str]] = {}  # a block spanning inputs: each one's input
 
     @property
     def held(self) -> int:
@@ -85,44 +106,48 @@ class Dedupe:
         if not messages:
             return []
         hashes = list(map(hash, map(self._key_of, messages)))
-        first_source = messages[0].source
-        if messages[-1].source == first_source:
-            # The usual block: one input (inputs are read one after another).
-            bits = self._source_bits(first_source)
-            where = list(map(bits.__or__, map(_LINE_OF, messages)))
-        else:
-            where = [self._source_bits(m.source) | m.line for m in messages]
         current = self._current
         if current and len(current) + len(hashes) > self.window:
-            self._previous, current = current, {}
-            self._current = current
+            self._rotate()
+            current = self._current
         previous = self._previous
-        copies: list[tuple[int, int]] = []  # (index in messages, where the first copy was)
-        if current.keys().isdisjoint(hashes) and previous.keys().isdisjoint(hashes):
+        number = self._next_block
+        self._next_block += 1
+        copies: list[tuple[int, int]] = []  # (index in messages, number of the first's block)
+        if current.keys().isdisjoint(hashes) and (
+            not previous or previous.keys().isdisjoint(hashes)
+        ):
             before = len(current)
-            current.update(zip(hashes, where, strict=True))
-            if len(current) - before == len(hashes):
-                return []
-            # Copies within the block: update() kept each hash's last line; put back the first.
-            firsts: dict[int, int] = {}
-            for key, seen in zip(hashes, where, strict=True):
-                firsts.setdefault(key, seen)
-            current.update(firsts)
-            copies = [
-                (index, firsts[key])
-                for index, (key, seen) in enumerate(zip(hashes, where, strict=True))
-                if firsts[key] != seen
-            ]
+            current.update(zip(hashes, repeat(number)))
+            if len(current) - before != len(hashes):
+                # Copies within the block: the first of each hash stays, the others go.
+                firsts: set[int] = set()
+                for index, key in enumerate(hashes):
+                    if key in firsts:
+                        copies.append((index, number))
+                    else:
+                        firsts.add(key)
         else:
             get_current, get_previous = current.get, previous.get
-            for index, (key, seen) in enumerate(zip(hashes, where, strict=True)):
+            for index, key in enumerate(hashes):
                 first = get_current(key)
                 if first is None:
                     first = get_previous(key)
                     if first is None:
-                        current[key] = seen
+                        current[key] = number
                         continue
                 copies.append((index, first))
+        source = messages[0].source
+        if messages[-1].source != source:  # a block spanning inputs (they're read in turn)
+            self._sources_of[number] = [m.source for m in messages]
+            source = ""
+        first_line = messages[0].line
+        consecutive = messages[-1].line - first_line == len(messages) - 1
+        lines = None if consecutive else array("q", map(_LINE_OF, messages))
+        self._blocks[number] = _Block(source, hashes, first_line, lines)
+        self._current_blocks.append(number)
+        if not copies:
+            return []
         outcomes = [self._duplicate(messages[index], first) for index, first in copies]
         taken = {index for index, _ in copies}
         messages[:] = [m for index, m in enumerate(messages) if index not in taken]
@@ -132,16 +157,20 @@ class Dedupe:
         """Note messages an earlier run settled (on --resume), in input order, without sending."""
         self.sort_out(list(messages))
 
-    def _source_bits(self, source: str) -> int:
-        index = self._source_index.get(source)
-        if index is None:
-            index = self._source_index[source] = len(self._sources)
-            self._sources.append(source)
-        return index << _LINE_BITS
+    def _rotate(self) -> None:
+        """The current generation is full: it becomes the previous one, the oldest is dropped."""
+        for number in self._previous_blocks:
+            del self._blocks[number]
+            self._sources_of.pop(number, None)
+        self._previous, self._current = self._current, {}
+        self._previous_blocks, self._current_blocks = self._current_blocks, []
 
-    def _duplicate(self, m: Message, first: int) -> Outcome:
-        line = first & _LINE_MASK
-        source = self._sources[first >> _LINE_BITS]
+    def _duplicate(self, m: Message, first_block: int) -> Outcome:
+        block = self._blocks[first_block]
+        key = self._key_of(m)
+        position = block.hashes.index(hash(key))  # the first message of the block with it
+        line = block.line_at(position)
+        source = block.source or self._sources_of[first_block][position]
         where = f"line {line}" if source == m.source else f"line {line} of {source}"
         what = "message" if self.mode == "message" else "recipient"
         return Outcome(

@@ -175,6 +175,7 @@ class Dispatcher:
         journal: Journal | None,
         stats: RunStats,
         limiter: RateLimiter,
+        send_gate: RateLimiter | None = None,
         first_request: int = 1,
         log: Logger = None,
         rng: random.Random | None = None,
@@ -188,6 +189,7 @@ class Dispatcher:
         self._abort = Abort(log)
         self.lanes = Lanes(
             limiter=limiter,
+            send_gate=send_gate,
             stats=stats,
             slots=ConcurrencyLimit(
                 settings.most_in_flight, adaptive=settings.concurrency is None, stats=stats

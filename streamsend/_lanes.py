@@ -48,12 +48,14 @@ class Lanes:
         self,
         *,
         limiter: RateLimiter,
+        send_gate: RateLimiter | None = None,
         stats: RunStats,
         slots: ConcurrencyLimit,
         max_waiting_messages: int,
         on_open: Callable[[Lane], None],
     ) -> None:
         self._limiter = limiter
+        self.send_gate = send_gate
         self._stats = stats
         self._max_waiting = max_waiting_messages
         self._on_open = on_open
@@ -91,6 +93,21 @@ class Lanes:
         await lane.sleep_out_pause()
         await self._limiter.acquire(lane.sender, messages)
         self._stats.rate_wait_seconds += time.monotonic() - waited_from
+
+    async def space_send(self, lane: Lane, messages: int) -> None:
+        """Keep the pace on the wire, not only at the limiter: wait on `send_gate` (a second
+        bucket at the same rate) right before a request leaves.
+
+        A request takes its turn at the limiter before it is journaled, and the journal's fsync
+        (one for several requests: `GroupSync`) can hold a few granted requests back and then
+        release them together: measured at 20,000/s with fsync per request, 2-3 batches above
+        the rate in the worst second, though the grants were within one batch. The gate lets a
+        paced stream through untouched and spaces out only such a bunch.
+        """
+        if self.send_gate is not None:
+            waited_from = time.monotonic()
+            await self.send_gate.acquire(lane.sender, messages)
+            self._stats.rate_wait_seconds += time.monotonic() - waited_from
 
     @contextlib.asynccontextmanager
     async def request_slot(self, lane: Lane) -> AsyncIterator[int]:

@@ -78,8 +78,11 @@ class Pipeline:
             default_sender=settings.sender,
             max_line_bytes=settings.max_line_bytes,
         )
+        send_gate = None
         if limiter is None:
             limiter = LocalRateLimiter(settings.rate_for, batch_size=settings.batch_size)
+            # The same pace once more, right before each request leaves (see `Lanes.send_gate`).
+            send_gate = LocalRateLimiter(settings.rate_for, batch_size=settings.batch_size)
         self._batcher = Batcher(
             api_version=settings.api_version,
             max_messages=settings.batch_size,
@@ -105,6 +108,7 @@ class Pipeline:
             journal=journal,
             stats=self.stats,
             limiter=limiter,
+            send_gate=send_gate,
             first_request=resume.next_request if resume else 1,
             expiry=self._campaign.expiry,
             log=self._log,

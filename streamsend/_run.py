@@ -214,6 +214,14 @@ async def send_campaign(
             # configuration is a debug event (and `streamsend config show`).
             log.info("start", **_start_fields(settings, inputs, emulator=emulator))
             log.debug("config", **settings.redacted())
+            if settings.outcomes != "-" and settings.journal_path is None:
+                log.warning(
+                    "no_journal",
+                    outcomes=settings.outcomes,
+                    hint="the outcomes don't go to a regular file, so no journal is kept "
+                    "beside them and this run can't be resumed; --resume needs --outcomes "
+                    "PATH to a regular file (its journal is PATH.journal)",
+                )
             if settings.rate is None:
                 log.warning("unpaced", hint=UNPACED_HINT)
             loop = asyncio.get_running_loop()
@@ -241,7 +249,7 @@ def _start_fields(
         "target": "built-in emulator" if emulator else settings.base_url,
         "api": settings.api_version,
         "sender": ", ".join(senders) or "from each line",
-        "rate": "unpaced" if settings.rate is None else format_rate(settings.rate),
+        "rate": format_rate(settings.rate),
         "input": ", ".join("stdin" if i == "-" else i for i in inputs),
         "outcomes": "stdout" if settings.outcomes == "-" else settings.outcomes,
     }
@@ -284,7 +292,9 @@ async def observe_run(settings: Settings, stats: RunStats, log: Logger) -> Async
         if settings.metrics_port is not None:
             from streamsend._metrics import serve_metrics
 
-            url = await stack.enter_async_context(serve_metrics(stats, port=settings.metrics_port))
+            url = await stack.enter_async_context(
+                serve_metrics(stats, host=settings.metrics_host, port=settings.metrics_port)
+            )
             log.info("metrics_listening", url=url)
         from streamsend._progress import ProgressEstimator, report_progress
 

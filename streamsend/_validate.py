@@ -62,6 +62,17 @@ def normalise_phone(raw: str) -> str | None:
     return None
 
 
+def country_code_hint(raw: str) -> str:
+    """For a number refused only for want of a country code (a national number such as
+    `(415) 555-0199`), what to write instead; "" otherwise."""
+    digits = raw.translate(_PHONE_FORMATTING)
+    if not (digits.isascii() and digits.isdigit() and 6 <= len(digits) <= 14):
+        return ""
+    if len(digits) == 10 and digits[0] not in "01":  # the North American national form
+        return f"; it lacks a country code: for the US or Canada write +1{digits}"
+    return "; it lacks a country code: write it in E.164 form, + then country code and number"
+
+
 def is_e164(number: str) -> bool:
     """Strict E.164, as v2 wants `to` and `list_number`: no formatting at all."""
     rest = number[1:]
@@ -247,13 +258,18 @@ class Validator:
         if to is None:
             return invalid(
                 "invalid_phone",
-                f"not a phone number the service accepts: {to_value[:40]!r}",
+                f"not a phone number the service accepts: {to_value[:40]!r}"
+                + country_code_hint(to_value),
                 ref_json,
             )
 
         body = obj.get("body")
-        if body is None or body == "":
+        if body is None:
             return invalid("missing_body", "the line has no `body`", ref_json)
+        if body == "":
+            return invalid(
+                "missing_body", "`body` is empty: the service sends no empty SMS", ref_json
+            )
         if not isinstance(body, str):
             return invalid("wrong_type", "`body` must be a string", ref_json)
         if len(body) > MAX_BODY_CHARS:

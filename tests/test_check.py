@@ -312,7 +312,7 @@ def test_main_exit_2_for_a_directory_input(
         (["--api-version", "v2", "--from", "pn_abc"], "--from: `list_number` must be E.164"),
         (["--price-per-segment", "cheap"], "not a number"),
         (["--price-per-segment", "-1"], "must be a number of 0 or more"),
-        (["--max-line-bytes", "0"], "must be greater than 0"),
+        (["--max-line-bytes", "0"], "out of range"),
         (["--api-version", "v3"], "invalid choice"),
     ],
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -41,15 +42,22 @@ def run_on_a_terminal(args: list[str], cwd: Path, timeout_s: float = 60) -> tupl
     os.close(follower)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: every writer has closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            # select first: a run that hangs must fail this test, not block it forever.
+            if not select.select([leader], [], [], left)[0]:
+                continue
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        if process.poll() is None and time.monotonic() >= deadline:
+            process.kill()
     code = process.wait(timeout=10)
     return code, _ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
 
@@ -162,3 +170,21 @@ def test_interrupted_run_says_what_is_left_and_its_resume_command_works(tmp_path
     history = outcome_history(out, skip_torn=False)
     assert set(history) == set(range(1, lines + 1))
     assert Counter(len(h) for h in history.values()) == Counter({1: lines})
+
+
+def test_demo_says_the_deprecation_in_words(tmp_path: Path) -> None:
+    """`streamsend demo` tells the v1 deprecation as one friendly note in its own output, not
+    as a raw `api_deprecated` log event in the middle of it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streamsend", "demo", "--messages", "200"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    output = done.stdout.decode() + done.stderr.decode()
+    assert "note: the v1 API is deprecated; move with --api-version v2" in done.stdout.decode()
+    assert "api_deprecated" not in output

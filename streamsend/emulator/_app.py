@@ -269,14 +269,14 @@ class EmulatorService:
             except _Refusal as caught:
                 refusal = caught
         if refusal is not None:
-            await self._delay(draw)
+            await self._delay(request, draw)
             return self._refuse(refusal, headers)
 
         if fault is Fault.HANG:
             self._count_fault(fault, HUNG)
             await self.stopping.wait()
             await _close_without_answer(request)
-        await self._delay(draw)
+        await self._delay(request, draw)
         if fault is Fault.DROP_AFTER:
             self._count_fault(fault, DROPPED)
             await _close_without_answer(request)
@@ -341,15 +341,22 @@ class EmulatorService:
         self.stats.faults[fault] += 1
         self.stats.by_status[status_key] += 1
 
-    async def _delay(self, draw: FaultDraw) -> None:
+    async def _delay(self, request: web.Request, draw: FaultDraw) -> None:
         if draw.delay_s > 0:
             self.stats.latency_faults += 1
-            await asyncio.sleep(draw.delay_s)
+            # Stopping cuts the wait short (the connection closes unanswered, as a server going
+            # down does): waiting out a long latency made SIGTERM take seconds.
+            try:
+                async with asyncio.timeout(draw.delay_s):
+                    await self.stopping.wait()
+            except TimeoutError:
+                return
+            await _close_without_answer(request)
 
     async def _fault_before_queueing(
         self, request: web.Request, draw: FaultDraw, headers: Mapping[str, str] | None
     ) -> web.Response:
-        await self._delay(draw)
+        await self._delay(request, draw)
         fault = draw.fault
         assert fault is not None
         if fault is Fault.DROP_BEFORE:

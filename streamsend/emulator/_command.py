@@ -98,24 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
         dest="v1_lists",
         metavar="ID",
         help="a v1 sending-list id (from_phone_number_id) that exists, e.g. pn_abc123def456 "
-        "(repeatable)",
+        "(repeatable; default: none)",
     )
     serve.add_argument(
         "--v2-list",
         action="append",
         dest="v2_lists",
         metavar="NUMBER",
-        help="a v2 list number (E.164) that exists, e.g. +18005551000 (repeatable)",
+        help="a v2 list number (E.164) that exists, e.g. +18005551000 (repeatable; default: none)",
     )
-    serve.add_argument("--ledger", type=Path, metavar="PATH", help="append accepted messages here")
-    serve.add_argument("--config", type=Path, metavar="PATH", help="a TOML file of settings")
+    serve.add_argument(
+        "--ledger", type=Path, metavar="PATH", help="append accepted messages here (default: none)"
+    )
+    serve.add_argument(
+        "--config", type=Path, metavar="PATH", help="a TOML file of settings (default: none)"
+    )
     serve.add_argument(
         "--tls-cert",
         type=Path,
         metavar="PEM",
         help="serve HTTPS with this certificate (chain); needs --tls-key (default: plain HTTP)",
     )
-    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the key of --tls-cert")
+    serve.add_argument(
+        "--tls-key", type=Path, metavar="PEM", help="the key of --tls-cert (default: none)"
+    )
     serve.add_argument(
         "--max-in-flight",
         type=int,
@@ -143,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_list_rate,
         action="append",
         metavar="LIST=RATE",
-        help="a send rate for one list, e.g. pn_abc123def456=600/min (repeatable)",
+        help="a send rate for one list, e.g. pn_abc123def456=600/min (repeatable; default: "
+        "--send-rate)",
     )
     model.add_argument(
         "--stale-after",
@@ -168,13 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--partial-500": "half their messages queued, then answered 500",
     }
     for flag, meaning in fault_flags.items():
-        faults.add_argument(flag, type=float, metavar="F", help=f"fraction of requests {meaning}")
+        faults.add_argument(
+            flag, type=float, metavar="F", help=f"fraction of requests {meaning} (default 0)"
+        )
     faults.add_argument(
-        "--retry-after", type=float, metavar="S", help="the Retry-After of 429s, seconds (1)"
+        "--retry-after",
+        type=float,
+        metavar="S",
+        help="the Retry-After of 429s, seconds (default 1)",
     )
-    faults.add_argument("--latency-ms", type=float, metavar="MS", help="added latency, mean")
     faults.add_argument(
-        "--latency-spread-ms", type=float, metavar="MS", help="latency spread, +/- uniform"
+        "--latency-ms", type=float, metavar="MS", help="added latency, mean (default 0)"
+    )
+    faults.add_argument(
+        "--latency-spread-ms",
+        type=float,
+        metavar="MS",
+        help="latency spread, +/- uniform (default 0)",
     )
     faults.add_argument(
         "--fault-list",
