@@ -74,6 +74,13 @@ class Backoff:
             ceiling = self.cap
         return rng.uniform(0.0, ceiling)
 
+    def outage_pause(self, failures: int, rng: random.Random) -> float:
+        """How long a sending number pauses after its `failures`-th failure in an outage:
+        exponential, with "equal" jitter (at least half the ceiling), so that the probes of a
+        long outage space out instead of sometimes coming right back."""
+        ceiling = self.cap if failures > 64 else min(self.cap, math.ldexp(self.base, failures - 1))
+        return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
+
 
 class Abort:
     """Whether the run must start no new request, and why: a fatal answer or a crash (a bug)."""
@@ -99,6 +106,13 @@ class Abort:
             )
         self.event.set()
 
+    def on_give_up(self, failure: FatalServiceError) -> None:
+        """The service was down longer than --give-up-after: stop as a fatal answer does (the
+        caller has logged why)."""
+        if self.fatal is None:
+            self.fatal = failure
+        self.event.set()
+
     def on_crash(self, exc: Exception) -> None:
         if self.crashed is None:
             self.crashed = exc
@@ -118,6 +132,7 @@ class AttemptLoop:
         retries: int,
         resend_unknown: bool,
         backoff: Backoff,
+        give_up_after: float,
         lanes: Lanes,
         recorder: Recorder,
         stats: RunStats,
@@ -135,6 +150,7 @@ class AttemptLoop:
         self._retries = retries
         self._resend_unknown = resend_unknown
         self._backoff = backoff
+        self._give_up_after = give_up_after
         self._lanes = lanes
         self._recorder = recorder
         self._stats = stats
@@ -227,6 +243,8 @@ class AttemptLoop:
                     latency=latency,
                     attempt=attempts,
                 )
+                if failure is None or not _is_outage(failure):
+                    self._note_service_up(lane)
                 if failure is None:
                     fatal = recorder.accepted(request, lane.sender, messages, attempts, accepted)
                     if fatal is not None:
@@ -282,6 +300,18 @@ class AttemptLoop:
         if isinstance(failure, FatalServiceError):
             self._abort.on_fatal(failure, request)
             return None
+        if _is_outage(failure):
+            self._note_outage(failure, lane, request)
+            if isinstance(failure, NotSent):
+                # Down or unreachable, and certainly not sent: wait with the lane (its pause,
+                # then one probe at a time) and try again. An outage is bounded by
+                # --give-up-after, not by --retries: otherwise it would burn the whole input,
+                # every batch `failed` in turn. After giving up, the loop's abort check leaves
+                # these lines without an outcome, for --resume.
+                self._stats.retries += 1
+                return 0.0
+            if self._abort.is_set():
+                return None  # gave up: a maybe-sent request ends `unknown`, not resent
         if attempts > self._retries:
             return None
         if isinstance(failure, RateLimited):
@@ -293,7 +323,7 @@ class AttemptLoop:
             lane.pause(delay)
             self._stats.retries += 1
             self._log.warning(
-                "rate_limited" if failure.status == 429 else "service_unavailable",
+                "rate_limited",
                 sender=lane.sender,
                 request=request,
                 retry_after=delay,
@@ -315,6 +345,54 @@ class AttemptLoop:
             )
             return delay
         return None  # Refused, or maybe sent without --resend-unknown
+
+    def _note_outage(self, failure: SendError, lane: Lane, request: int) -> None:
+        """Open the lane's breaker (or keep it open) and pause the lane; give up (stop the run)
+        when the outage has lasted longer than --give-up-after."""
+        failures = lane.note_outage()
+        assert lane.outage_since is not None
+        down_for = time.monotonic() - lane.outage_since
+        if failures == 1:
+            # Every outage logs at least one warning, so an alert can catch it.
+            self._log.warning(
+                "service_unavailable",
+                sender=lane.sender,
+                request=request,
+                code=failure.code,
+                status=failure.status,
+                error=str(failure),
+                give_up_after=self._give_up_after,
+            )
+        if down_for >= self._give_up_after:
+            if not self._abort.is_set():
+                self._log.error(
+                    "giving_up",
+                    sender=lane.sender,
+                    down_for=round(down_for, 1),
+                    give_up_after=self._give_up_after,
+                    code=failure.code,
+                    hint="lines not sent have no outcome: rerun with --resume to send them",
+                )
+            self._abort.on_give_up(
+                FatalServiceError(
+                    f"the service was unavailable for {down_for:.1f} s (--give-up-after)",
+                    code="gave_up",
+                    status=failure.status,
+                    request=request,
+                )
+            )
+            for each in self._lanes.all():
+                each.wake()  # requests waiting out a pause see the stop now
+            return
+        pause = self._backoff.outage_pause(failures, self._rng)
+        if isinstance(failure, RateLimited) and failure.retry_after is not None:
+            pause = max(pause, failure.retry_after)  # a 503's Retry-After
+        lane.pause(pause)
+
+    def _note_service_up(self, lane: Lane) -> None:
+        lasted = lane.note_answer()
+        if lasted is not None:
+            self._log.info("service_back", sender=lane.sender, down_for=round(lasted, 3))
 
     async def _attempt(self, body: bytes, request: int, ctx: SimpleNamespace) -> Accepted:
         assert self.session is not None
@@ -359,6 +437,15 @@ class AttemptLoop:
             x_api_deprecated=response.headers.get("X-API-Deprecated"),
             hint=hint,
         )
+
+
+def _is_outage(failure: SendError) -> bool:
+    """A 5xx, or no answer at all: the service is down or unreachable (see `_lanes`)."""
+    if failure.code == "truncated_response":
+        return False  # an answer began: the service is up, the connection broke
+    if failure.code == "tls_error":
+        return False  # a certificate we don't trust: waiting won't fix it, --retries bound it
+    return failure.status is None or failure.status >= 500
 
 
 def _is_back_pressure(failure: SendError | None) -> bool:

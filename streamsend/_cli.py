@@ -51,7 +51,8 @@ failed | unknown | suppressed | duplicate | expired. `unknown` means the request
 accepted (the answer was lost): such lines are not resent unless you pass --resend-unknown.
 
 Exit codes: 0 all queued (or suppressed/duplicate); 1 finished, some not queued; 2 usage/config
-error; 3 aborted by a fatal service answer (bad key, suspended account, unknown sending list); 70
+error; 3 aborted by a fatal service answer (bad key, suspended account, unknown sending list) or
+an outage longer than --give-up-after (rerun with --resume once the service is back); 70
 stopped by an unexpected error (e.g. a full disk: rerun with --resume); 130 stopped by a signal.
 """
 
@@ -126,8 +127,14 @@ def _send_parser(
     p.add_argument(
         "--retries",
         type=int,
-        help="retries of a request the service proved it "
-        "did not accept (5xx, 429, connection failures; default 5)",
+        help="retries of a request after a 429 (default 5); while the service is down or "
+        "unreachable (5xx, no connection), requests wait and probe until --give-up-after",
+    )
+    p.add_argument(
+        "--give-up-after",
+        metavar="DURATION",
+        help="stop (exit 3) when a sending number's service has been down or unreachable this "
+        "long; lines not sent get no outcome, --resume sends them (default 5m)",
     )
     p.add_argument(
         "--drain-timeout",
@@ -192,6 +199,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, object]:
         "timeout",
         "retries",
         "drain_timeout",
+        "give_up_after",
         "max_line_bytes",
         "fsync",
         "log_level",

@@ -55,6 +55,7 @@ class Settings:
     backoff_cap: float = 30.0
     resend_unknown: bool = False
     drain_timeout: float = 30.0
+    give_up_after: float = 300.0  # seconds a sending number's service may be down: then exit 3
     max_line_bytes: int = 64 * 1024
     max_buffered: int = 10_000
     outcomes: str = "-"
@@ -283,6 +284,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "backoff_cap": _float_in(0, 3600, duration=True),
     "resend_unknown": _bool,
     "drain_timeout": _float_in(0, 3600, duration=True),
+    "give_up_after": _float_in(0.1, 7 * 86400, duration=True),
     "max_line_bytes": _int_in(64, 64 * 1024 * 1024),
     "max_buffered": _int_in(1, 1_000_000),
     "outcomes": _text,

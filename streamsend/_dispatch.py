@@ -59,6 +59,8 @@ class DispatchSettings:
     retries: int = 5
     resend_unknown: bool = False
     backoff: Backoff = field(default_factory=Backoff)
+    # How long a sending number's service may stay down or unreachable before the run stops.
+    give_up_after: float = 300.0
     # Messages waiting in all lanes before `submit()` makes the producer wait (see `_lanes`).
     max_waiting_messages: int = 20_000
     proxy: str | None = None  # None: from the environment; "": none (see `proxy_for`)
@@ -205,6 +207,7 @@ class Dispatcher:
             retries=settings.retries,
             resend_unknown=settings.resend_unknown,
             backoff=settings.backoff,
+            give_up_after=settings.give_up_after,
             lanes=self.lanes,
             recorder=Recorder(sink=sink, journal=journal, stats=stats, log=log),
             stats=stats,

@@ -104,6 +104,9 @@ def map_transport_error(exc: BaseException, *, transmitted: bool, request: int |
     kind: type[SendError] = MaybeSent if transmitted else NotSent
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return kind("the request timed out", code="timeout", request=request)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Not an outage (see `_attempts`): waiting won't make the certificate trusted.
+        return NotSent(f"TLS certificate not trusted: {exc}", code="tls_error", request=request)
     if isinstance(exc, aiohttp.ClientConnectorError):
         # Connecting failed (refused, DNS, TLS handshake): the request never left.
         return NotSent(f"could not connect: {exc}", code="connect_error", request=request)

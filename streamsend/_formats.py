@@ -9,13 +9,15 @@ and `zstd` write them.
 An input that is to be read as NDJSON but looks like something else (a CSV header, bzip2, xz or
 zip data) is refused with a hint naming what it looks like: read as NDJSON it would give one
 `invalid_json` (or `nul_byte`) outcome per line and no clue why. `precheck_inputs` runs that
-check on every named file before anything is sent; stdin is checked when it is read, which for
-the usual single stdin is also before anything is sent.
+check on every named regular file before anything is sent; stdin (and a named pipe) is checked
+when it is read, which for the usual single stdin is also before anything is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import zlib
 from collections.abc import Sequence
 from types import ModuleType
@@ -116,11 +118,17 @@ def _refuse_if_not_ndjson(path: str, head: bytes, first: bytes) -> None:
 
 
 def precheck_inputs(inputs: Sequence[str], given: InputFormat | None) -> None:
-    """Detect the format of every named file now, so a refusal comes before anything is sent."""
+    """Detect the format of every named file now, so a refusal comes before anything is sent.
+
+    Regular files only: reading a named pipe (or a device) here would take its first bytes
+    from the run, and opening one would wait for its writer. Those are checked when read.
+    """
     for path in inputs:
         if path == "-":
             continue
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue
             with open(path, "rb") as file:
                 raw = file.read(SNIFF_BYTES)
         except OSError as exc:

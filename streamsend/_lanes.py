@@ -1,4 +1,4 @@
-"""Lanes: one per sending number, each with its own queue of batches, pacing and 429 pause.
+"""Lanes: one per sending number, each with its own queue of batches, pacing, pause and breaker.
 
 A throttled or slow sending number must not hold up the others, so each has its own lane. What
 the lanes share is bounded: at most `slots.limit` requests in flight across all of them (fixed, or
@@ -6,6 +6,12 @@ adapted to the service's answers: see `_concurrency`), and one
 budget of waiting messages (`max_waiting_messages`). One budget rather than one bounded queue per
 lane: a throttled number's backlog can grow into it while the others keep flowing, where a full
 per-lane queue would stop the reader, and so every sending number, at once.
+
+Each lane is also a circuit breaker. When its service is down or unreachable (a 5xx, a failed
+connection), the lane pauses (the caller picks how long: exponentially longer each time), and
+while the outage lasts its requests go one at a time: one probe tells whether the service is back,
+instead of every waiting batch failing in turn and burning the input through its retries. The
+first answer that proves the service is up closes the breaker.
 """
 
 from __future__ import annotations
@@ -22,23 +28,53 @@ from streamsend._types import RateLimiter
 
 
 class Lane:
-    """One sending number: its queue of batches, its 429 pause and its workers."""
+    """One sending number: its queue of batches, its pause, its breaker and its workers."""
 
     def __init__(self, sender: str) -> None:
         self.sender = sender
         # Unbounded by itself; the shared budget in `Lanes` bounds all lanes together.
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue()
-        self.paused_until = 0.0  # monotonic time; set by a 429
+        self.paused_until = 0.0  # monotonic time; set by a 429, a 503 or an outage
         self.workers: list[asyncio.Task[None]] = []
+        # The breaker: open (a time) while the service is down or unreachable for this number.
+        self.outage_since: float | None = None
+        self.outage_failures = 0  # failures since the breaker opened
+        self.probe = asyncio.Lock()  # while open: one request at a time
+        self._woken = asyncio.Event()
 
     async def sleep_out_pause(self) -> None:
         # A loop, not one sleep: another request's 429 may extend the pause while we sleep.
-        while (pause := self.paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(pause)
+        while (pause := self.paused_until - time.monotonic()) > 0:
+            self._woken.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._woken.wait()
 
     def pause(self, seconds: float) -> None:
         """Pause every request of this sending number (the service said it is busy)."""
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+    def wake(self) -> None:
+        """End the pause now: the run is stopping, and the waiting requests must see it."""
+        self.paused_until = 0.0
+        self._woken.set()
+
+    def note_outage(self) -> int:
+        """A failure that says the service is down or unreachable: open (or keep open) the
+        breaker; returns the failures since it opened."""
+        if self.outage_since is None:
+            self.outage_since = time.monotonic()
+        self.outage_failures += 1
+        return self.outage_failures
+
+    def note_answer(self) -> float | None:
+        """An answer that proves the service is up: close the breaker; how long it was open."""
+        if self.outage_since is None:
+            return None
+        lasted = time.monotonic() - self.outage_since
+        self.outage_since = None
+        self.outage_failures = 0
+        return lasted
 
 
 class Lanes:
@@ -116,14 +152,22 @@ class Lanes:
 
         A 429 for this sending number may arrive while we wait for a slot; sending anyway would
         ignore the pause, so the slot is given back (others may use it) until the pause is over.
+        While the lane's breaker is open, its requests take turns: each is a probe.
         """
-        while True:
-            epoch = await self.slots.acquire()
-            if lane.paused_until <= time.monotonic():
-                break
-            self.slots.release()
-            await lane.sleep_out_pause()
-        try:
-            yield epoch
-        finally:
-            self.slots.release()
+        async with contextlib.AsyncExitStack() as stack:
+            if lane.outage_since is not None:
+                await lane.probe.acquire()
+                if lane.outage_since is None:
+                    lane.probe.release()  # the service came back while we waited
+                else:
+                    stack.callback(lane.probe.release)
+            while True:
+                epoch = await self.slots.acquire()
+                if lane.paused_until <= time.monotonic():
+                    break
+                self.slots.release()
+                await lane.sleep_out_pause()
+            try:
+                yield epoch
+            finally:
+                self.slots.release()

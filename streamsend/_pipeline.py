@@ -99,6 +99,7 @@ class Pipeline:
                 max_concurrency=settings.max_concurrency,
                 timeout=settings.timeout,
                 retries=settings.retries,
+                give_up_after=settings.give_up_after,
                 resend_unknown=settings.resend_unknown,
                 backoff=Backoff(settings.backoff_base, settings.backoff_cap),
                 proxy=settings.proxy,

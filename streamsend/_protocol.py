@@ -49,22 +49,28 @@ ANSWERS: tuple[Answer, ...] = (
         "no",
     ),
     Answer(
-        "429, 503",
-        "not accepted: the service asks to come back later",
+        "429",
+        "not accepted: this sending number is busy",
         "`failed` once `--retries` are used up",
         "yes: the sending number pauses for `Retry-After` (or a backoff)",
+    ),
+    Answer(
+        "503",
+        "not accepted: the service is unavailable",
+        "none if it stays down past `--give-up-after` (exit 3; `--resume` sends it)",
+        "yes: the sending number pauses (`Retry-After` honoured), then probes one request",
     ),
     Answer(
         "500",
         "maybe: part of the batch may have been queued",
         "`unknown`",
-        "only with `--resend-unknown`",
+        "only with `--resend-unknown`; the sending number pauses as for a 503",
     ),
     Answer(
         "502, 504",
         "maybe: a gateway's answer; the service behind it may have accepted",
         "`unknown`",
-        "only with `--resend-unknown`",
+        "only with `--resend-unknown`; the sending number pauses as for a 503",
     ),
     Answer(
         "400, 404, 413",
@@ -81,8 +87,8 @@ ANSWERS: tuple[Answer, ...] = (
     Answer(
         "no connection (refused, DNS, TLS), or a failure before the request left",
         "not accepted",
-        "`failed` once `--retries` are used up",
-        "yes, with backoff",
+        "none if it lasts past `--give-up-after` (exit 3; `--resume` sends it)",
+        "yes: as for a 503",
     ),
     Answer(
         "timeout or disconnect after the request left; a 2xx that can't be read; any other status",

@@ -37,7 +37,7 @@ class ExitCode(IntEnum):
     OK = 0  # every line queued (send); the check or command succeeded
     NOT_ALL_QUEUED = 1  # the run finished, some lines were not queued
     USAGE = 2  # usage or config error: one line on stderr, no traceback
-    ABORTED = 3  # a fatal service answer (bad key, suspended account, unknown sending list)
+    ABORTED = 3  # a fatal service answer (bad key, suspended, no such list) or --give-up-after
     INTERNAL = 70  # sysexits' EX_SOFTWARE: an unexpected error, e.g. a full disk
     PENDING = 75  # sysexits' EX_TEMPFAIL: `collect` without --follow, the job isn't complete
     INTERRUPTED = 130  # stopped by SIGINT/SIGTERM (after draining)

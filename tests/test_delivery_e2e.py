@@ -281,20 +281,22 @@ async def test_503_is_retried_and_500_502_504_are_unknown(
     assert {o["code"] for o in unknown} == {"internal_error", "bad_gateway", "gateway_timeout"}
     assert all(o["attempts"] == 1 and run.in_ledger[o["line"]] == 0 for o in unknown)
     assert any(o["attempts"] > 1 for o in run.with_status("queued"))  # retried after 503s
-    assert len(run.log.named("service_unavailable")) == run.stats["requests_by_status"]["503"]
+    # Each 5xx opened the sending number's breaker (or found it open): each outage warned once.
+    assert 1 <= len(run.log.named("service_unavailable")) <= run.stats["faults"]["error_5xx"]
 
 
-async def test_5xx_past_the_retries_fails_without_queueing(
+async def test_503_outlasting_the_retries_is_waited_out_not_failed(
     emulator: EmulatorFactory, tmp_path: Path
 ) -> None:
-    """When 503s outlast --retries, the lines are `failed` with that code, and not queued."""
+    """An unavailable service (503) is an outage, bounded by --give-up-after, not --retries:
+    requests wait with their sending number and try again, so no line is `failed` for it
+    (test_delivery_truth's outage tests count the attempts exactly)."""
     emu = await emulator(faults=FaultConfig(seed=2, error_5xx=0.6))
     run = await run_pipeline(emu, tmp_path, lines=4000, retries=1)
     check_delivery(run)
-    failed = list(run.with_status("failed"))
-    assert len(failed) > 10
-    assert {o["code"] for o in failed} == {"service_unavailable"}
-    assert all(o["attempts"] == 2 for o in failed)
+    assert run.stats["requests_by_status"]["503"] > 3
+    assert "failed" not in run.statuses()
+    assert run.result.exit_code == ExitCode.NOT_ALL_QUEUED  # the 500/502/504 lines: unknown
 
 
 async def test_429_without_pause_is_retried(emulator: EmulatorFactory, tmp_path: Path) -> None:

@@ -8,10 +8,13 @@ per line, nothing lost silently, nothing sent twice.
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from streamsend._config import Settings
 from streamsend._outcomes import MemorySink
@@ -20,7 +23,15 @@ from streamsend._pipeline import Pipeline
 from streamsend._source import read_inputs
 from streamsend._types import ExitCode
 from streamsend.testing import API_KEY, V1_LIST, EmulatorFactory
-from tests.conftest import clean_env, run_streamsend, write_numbered_input
+from tests.conftest import (
+    RecordingLog,
+    clean_env,
+    ledger_lines,
+    ndjson_records,
+    run_streamsend,
+    serve_locally,
+    write_numbered_input,
+)
 
 RUN_TIMEOUT = 60.0
 #: The scaled-down service: each list sends 1,200 messages a minute (20/s) and drops what would
@@ -95,3 +106,109 @@ async def test_a_bare_number_rate_is_refused_before_sending(
     assert stderr.count(b"\n") == 1
     assert b"600/min or 600/s" in stderr
     assert emu.stats()["requests_total"] == 0
+
+
+# -- outages: the breaker and --give-up-after ---------------------------------------------------
+
+
+def _unreachable_base_url() -> str:
+    """A loopback URL nothing listens on: every connection is refused, as in an outage."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/api"
+
+
+async def test_an_outage_costs_a_probe_per_pause_not_the_input(tmp_path: Path) -> None:
+    """A service that answers 503 for its first 0.6 s: the sending number pauses, exponentially
+    longer each time, and probes one request at a time, so the outage costs a handful of
+    requests (not every batch's retries), warns once, and every line ends queued."""
+    answers: list[int] = []
+    down_until: list[float] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        payload = await request.json()
+        now = time.monotonic()
+        if not down_until:
+            down_until.append(now + 0.6)
+        if now < down_until[0]:
+            answers.append(503)
+            return web.json_response(
+                {"error": "unavailable", "code": "service_unavailable"}, status=503
+            )
+        answers.append(201)
+        return web.json_response(
+            {"queued_count": len(payload["messages"]), "errors": []}, status=201
+        )
+
+    app = web.Application()
+    app.router.add_post("/api/v1/messages/bulk", handle)
+    write_numbered_input(tmp_path / "in.ndjson", 2000)
+    log = RecordingLog()
+    async with serve_locally(app) as base_url:
+        settings = Settings(
+            base_url=base_url,
+            sender=V1_LIST,
+            rate=None,
+            batch_size=50,  # 40 requests
+            concurrency=4,
+            retries=1,  # an outage is not bounded by --retries
+            backoff_base=0.05,
+            backoff_cap=0.2,
+            linger_ms=5.0,
+        )
+        sink = MemorySink()
+        source = read_inputs([str(tmp_path / "in.ndjson")])
+        pipeline = Pipeline(settings, api_key=API_KEY, source=source, sink=sink, log=log)
+        result = await pipeline.run()
+    assert result.exit_code == ExitCode.OK
+    assert len(sink.outcomes) == 2000
+    failures = answers.count(503)
+    # The four requests in flight when it began, then one probe per pause (0.025 s and up).
+    assert 1 <= failures <= 12, answers
+    assert answers.count(201) == 40
+    assert len(log.named("service_unavailable")) == 1
+    assert log.named("service_unavailable")[0][0] == "warning"
+    assert len(log.named("service_back")) == 1
+
+
+async def test_an_outage_longer_than_give_up_after_stops_and_resume_sends_the_rest(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """The service is unreachable for longer than --give-up-after: a warning when the outage
+    begins, an error when giving up, exit 3 (not 1, "some lines not queued"), and the lines
+    never sent have no outcome. A --resume once the service is back sends each of them once."""
+    write_numbered_input(tmp_path / "in.ndjson", 300)
+    env = clean_env(
+        TRACKLY_API_KEY=API_KEY, STREAMSEND_BACKOFF_BASE="0.05", STREAMSEND_BACKOFF_CAP="0.2"
+    )
+    common = ["send", "in.ndjson", "--from", V1_LIST, "--outcomes", "out.ndjson"]
+    common += ["--rate", "unlimited", "--batch-size", "50", "--log-format", "json"]
+    code, _, stderr = await run_streamsend(
+        [*common, "--base-url", _unreachable_base_url(), "--give-up-after", "1s"],
+        env=env,
+        cwd=tmp_path,
+        timeout_s=RUN_TIMEOUT,
+    )
+    assert code == ExitCode.ABORTED, stderr
+    events = _events(stderr)
+    levels = {e["event"]: e["level"] for e in events}
+    assert levels["service_unavailable"] == "warning"
+    assert levels["giving_up"] == "error"
+    names = [e["event"] for e in events]
+    assert names.index("service_unavailable") < names.index("giving_up")
+    assert (tmp_path / "out.ndjson").read_bytes() == b""  # nothing was sent: no outcome
+
+    emu = await emulator()
+    code, _, stderr = await run_streamsend(
+        [*common, "--base-url", emu.base_url, "--resume"],
+        env=env,
+        cwd=tmp_path,
+        timeout_s=RUN_TIMEOUT,
+    )
+    assert code == ExitCode.OK, stderr
+    outcomes = ndjson_records(tmp_path / "out.ndjson", skip_torn=False)
+    assert sorted(o["line"] for o in outcomes) == list(range(1, 301))
+    assert {o["status"] for o in outcomes} == {"queued"}
+    assert emu.ledger_path is not None
+    assert sorted(ledger_lines(emu.ledger_path, skip_torn=False)) == list(range(1, 301))

@@ -210,7 +210,11 @@ def test_connect_errors_are_always_not_sent(
     assert isinstance(exc, TRANSPORT_ERRORS)  # the sender catches it at all
     mapped = map_transport_error(exc, transmitted=transmitted, request=9)
     assert type(mapped) is NotSent
-    assert (mapped.code, mapped.request, mapped.status) == ("connect_error", 9, None)
+    # An untrusted certificate is told apart: it is no outage to wait out (see _attempts).
+    code = (
+        "tls_error" if isinstance(exc, aiohttp.ClientConnectorCertificateError) else "connect_error"
+    )
+    assert (mapped.code, mapped.request, mapped.status) == (code, 9, None)
 
 
 @pytest.mark.parametrize(
@@ -341,7 +345,9 @@ def _messages(count: int) -> tuple[Message, ...]:
     return tuple(messages)
 
 
-async def _send_one_batch(base_url: str, *, retries: int = 0) -> list[tuple[Status, str | None]]:
+async def _send_one_batch(
+    base_url: str, *, retries: int = 0, give_up_after: float = 300.0
+) -> list[tuple[Status, str | None]]:
     sink = MemorySink()
     settings = DispatchSettings(
         base_url=base_url,
@@ -350,6 +356,7 @@ async def _send_one_batch(base_url: str, *, retries: int = 0) -> list[tuple[Stat
         timeout=5,
         retries=retries,
         backoff=Backoff(0.001, 0.002),
+        give_up_after=give_up_after,
     )
     dispatcher = Dispatcher(
         settings,
@@ -394,10 +401,12 @@ async def test_malformed_answers_become_unknown_outcomes(answer: bytes | None, c
     assert outcomes == [(Status.UNKNOWN, code)] * 3
 
 
-async def test_connection_refused_is_retried_then_failed() -> None:
-    """Nothing listening: connect errors are NotSent, so retried, then `failed` with their code."""
+async def test_connection_refused_is_retried_until_giving_up_without_an_outcome() -> None:
+    """Nothing listening: connect errors are NotSent, an outage: retried past --retries until
+    --give-up-after, then the lines are left without an outcome (never sent: --resume)."""
     with socket.socket() as probe:  # a port that was free a moment ago and has no listener
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    outcomes = await _send_one_batch(f"http://127.0.0.1:{port}/api", retries=2)
-    assert outcomes == [(Status.FAILED, "connect_error")] * 3
+    url = f"http://127.0.0.1:{port}/api"
+    outcomes = await _send_one_batch(url, retries=0, give_up_after=0.2)
+    assert outcomes == []

@@ -3,6 +3,7 @@ magic bytes (several members/frames too); refusals of what NDJSON would misread.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 from pathlib import Path
@@ -100,3 +101,19 @@ async def test_truncated_gzip_is_an_input_error(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(NDJSON * 50)[:-12])
     with pytest.raises(InputError, match="ends in the middle of its gzip data"):
         await _bodies(str(path))
+
+
+async def test_a_named_pipe_loses_nothing_to_the_precheck(tmp_path: Path) -> None:
+    """The pre-check leaves a named pipe alone (reading it would take the run's first bytes);
+    the pipe is detected and read whole when the run reads it."""
+    fifo = tmp_path / "campaign.fifo"
+    os.mkfifo(fifo)
+    precheck_inputs([str(fifo)], None)  # returns at once: no writer needed
+
+    def write() -> None:
+        with fifo.open("wb") as pipe:
+            pipe.write(CSV)
+
+    writer = asyncio.get_running_loop().run_in_executor(None, write)
+    assert await _bodies(str(fifo)) == ["a", "b"]
+    await writer

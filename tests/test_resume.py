@@ -223,8 +223,9 @@ def test_sigkill_at_several_moments_then_resume(tmp_path: Path) -> None:
 
 
 def test_sigkill_with_faults_then_resume_resends_failed_lines(tmp_path: Path) -> None:
-    """With 5xx (one retry only), dropped connections, cut-off bodies and hangs, killed twice and
-    resumed to the end: the same guarantees, and lines that ended `failed` were sent again."""
+    """With 5xx, 429s (one retry only), dropped connections, cut-off bodies and hangs, killed
+    twice and resumed to the end: the same guarantees, and lines that ended `failed` (two 429s
+    in a row; a 5xx is an outage, waited out or `unknown`) were sent again."""
     faults = (
         "--latency-ms",
         "50",
@@ -233,7 +234,7 @@ def test_sigkill_with_faults_then_resume_resends_failed_lines(tmp_path: Path) ->
         "--error-5xx",
         "0.3",
         "--rate-429",
-        "0.05",
+        "0.25",
         "--retry-after",
         "0",
         "--drop-after",
