@@ -11,19 +11,12 @@ stopped by an unexpected error such as a full disk, 130 stopped by a signal afte
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import stat
 import sys
 from collections.abc import Callable, Sequence
 
-from streamsend._campaign import (
-    INPUT_SETTINGS,
-    SORTING_SETTINGS,
-    add_input_arguments,
-    add_sorting_arguments,
-)
 from streamsend._config import (
     API_KEY_ENV,
     CONFIG_ENV,
@@ -33,10 +26,8 @@ from streamsend._config import (
     settings_as_toml,
 )
 from streamsend._exceptions import ConfigError, InputError
-from streamsend._formats import precheck_inputs
 from streamsend._types import ExitCode
 from streamsend._usage import OneLineParser, add_setting_arguments
-from streamsend._validate import sender_problem
 
 _SEND_EPILOG = """\
 The API key is read from the environment variable TRACKLY_API_KEY (or the file named by
@@ -166,6 +157,10 @@ def _send_parser(
         help="the address --metrics-port listens on, e.g. 0.0.0.0 for a scraper on another "
         "host (default 127.0.0.1)",
     )
+    # Imported here: the campaign stage (dedupe, suppression, CSV) is ~0.1 s of imports that
+    # `streamsend --help` and `config show` don't need (tests/test_startup.py).
+    from streamsend._campaign import add_input_arguments, add_sorting_arguments
+
     add_input_arguments(p)
     add_sorting_arguments(p)
     p.add_argument(
@@ -184,6 +179,8 @@ def _send_parser(
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, object]:
+    from streamsend._campaign import INPUT_SETTINGS, SORTING_SETTINGS
+
     names = (
         "base_url",
         "api_version",
@@ -227,12 +224,18 @@ def send_main(argv: Sequence[str]) -> int:
         # make two lines one.
         raise ConfigError(f"input named more than once: {', '.join(duplicated)}")
     _check_inputs(inputs)
+    from streamsend._formats import precheck_inputs
+
     precheck_inputs(inputs, settings.input_format)
     if settings.sender is not None:
+        from streamsend._validate import sender_problem
+
         problem = sender_problem(settings.api_version, settings.sender)
         if problem:
             raise ConfigError(f"--from: {problem}")
     api_key = None if args.emulator else load_api_key(settings)
+    import asyncio  # here, not at the top: `--help` and `config show` need no event loop
+
     from streamsend._run import send_campaign
 
     # Every message is a few GC-tracked tuples that live for milliseconds and form no cycles, so
@@ -364,11 +367,31 @@ def build_parser() -> argparse.ArgumentParser:
         "paced, retried safely, one outcome per input line.",
         epilog="Run `streamsend COMMAND --help` for a command's flags.",
     )
-    parser.add_argument("--version", action="version", version=f"streamsend {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """`--version`, looked up only when asked for: reading the installed package's metadata
+    costs ~25 ms of CPU, which `streamsend --help` would otherwise pay too."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, nargs=0, help="show the version and exit"
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"streamsend {_version()}")
+        parser.exit()
 
 
 def _version() -> str:

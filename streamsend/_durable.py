@@ -1,4 +1,4 @@
-"""Durable appends: group-commit fdatasync, and mending a line a crash left torn.
+"""Durable appends: group-commit fdatasync, and cutting off a line a crash left torn.
 
 The journal and the outcomes file are both append-only files whose lines must reach the disk
 before the work they describe goes on; both use these.
@@ -9,16 +9,33 @@ from __future__ import annotations
 import asyncio
 import os
 
+_CHUNK = 64 * 1024
 
-def end_torn_line(fd: int, path: str) -> None:
-    """If a killed run left half a line at the end of `path` (open for appending as `fd`),
-    end it, so the next record starts on its own line instead of being glued to the torn one."""
+
+def cut_torn_line(fd: int) -> int:
+    """If a killed run (or a full disk) left part of a line at the end of the file open as
+    `fd`, cut it off: truncate back to the last newline. Returns the bytes removed.
+
+    Cut, not ended with a newline: an ended torn line stays in the file as a line that is no
+    JSON, which `jq` and pandas choke on long after the run. Its record is lost either way,
+    and both readers of these files (resume, users) take a missing record for "no outcome
+    yet" / "not journaled", which --resume handles.
+    """
     size = os.fstat(fd).st_size
-    if size:
-        with open(path, "rb") as reader:
-            reader.seek(size - 1)
-            if reader.read(1) != b"\n":
-                os.write(fd, b"\n")
+    end = size
+    while end > 0:
+        start = max(0, end - _CHUNK)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        end = start
+    else:
+        keep = 0
+    if keep < size:
+        os.ftruncate(fd, keep)
+    return size - keep
 
 
 class GroupSync:

@@ -23,8 +23,6 @@ resent after a *maybe sent* error can reach a person twice, which costs money an
 
 from __future__ import annotations
 
-import asyncio
-
 
 class StreamsendError(Exception):
     """Base class of everything streamsend raises on purpose."""
@@ -97,6 +95,7 @@ def map_transport_error(exc: BaseException, *, transmitted: bool, request: int |
     """
     # Imported here, not at the top: every command imports this module, and `--help`, `check`
     # and `config show` must not pay ~0.15 s of CPU for aiohttp's client and its SSL set-up.
+    import asyncio
     import ssl
 
     import aiohttp

@@ -13,7 +13,7 @@ crash at any moment, every line falls in exactly one case:
 
 Request numbers grow across runs, which is what orders a line's outcome against the requests
 that carried it. Records are single JSON lines appended with one write; a line torn by a crash is
-ignored on reading, and is necessarily the last one.
+necessarily the last one, and is cut off when the journal is opened again.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from enum import IntEnum
 
 import orjson
 
-from streamsend._durable import GroupSync, end_torn_line
+from streamsend._durable import GroupSync, cut_torn_line
 from streamsend._models import FINAL_STATUSES, Message, Status
 
 
@@ -75,8 +75,9 @@ class FileJournal:
         self.path = path
         self.outcomes_path = outcomes_path
         self._fsync = fsync
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        end_torn_line(self._fd, path)
+        # Read access too: a torn last record is found and cut off (see cut_torn_line).
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        cut_torn_line(self._fd)
         self._group_sync = GroupSync(self._fd)
 
     def record_start(self, request: int, messages: Sequence[Message]) -> None:

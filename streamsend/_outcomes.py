@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import orjson
 
-from streamsend._durable import GroupSync, end_torn_line
+from streamsend._durable import GroupSync, cut_torn_line
 from streamsend._models import BatchOutcome, Encoding, Outcome
 
 _ENCODING_BYTES = {Encoding.GSM7: b"gsm7", Encoding.UCS2: b"ucs2"}
@@ -153,9 +153,12 @@ class FileSink:
 
     @classmethod
     def open_path(cls, path: str, *, fsync: bool) -> FileSink:
-        file = open(path, "ab")  # noqa: SIM115 - owned by the sink, closed by close()
-        with contextlib.suppress(OSError):  # a device or pipe: no torn line to mend
-            end_torn_line(file.fileno(), path)
+        # "a+b": appends, and reads for cut_torn_line. A run killed mid-write, or stopped by a
+        # full disk, leaves part of a line at the end: cut off, its line has no outcome yet,
+        # and the file stays valid NDJSON.
+        file = open(path, "a+b")  # noqa: SIM115 - owned by the sink, closed by close()
+        with contextlib.suppress(OSError):  # a device or pipe: no torn line to cut
+            cut_torn_line(file.fileno())
         return cls(file, fsync=fsync)
 
     def write(self, outcomes: Sequence[Outcome]) -> None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from aiolimiter import AsyncLimiter
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
 
 #: The service's documented default send rate of a sending list: 17,000 messages a minute. It
 #: is also streamsend's default: faster than this, the service's queue grows, and what waits in
@@ -102,6 +104,10 @@ class LocalRateLimiter:
         rate = self._rate_for(sender)
         if not rate:
             return None
+        # Imported on first use: `_config` imports this module for the rate constants, so every
+        # command would otherwise pay aiolimiter's import (~25 ms: it reads package metadata).
+        from aiolimiter import AsyncLimiter
+
         cap = self.batch_cap(sender)
         # A leaky bucket of one batch, plus a little slack: the bucket can't drain below empty,
         # so with no slack every wake-up's timer lateness (~1 ms) is lost for good and the rate

@@ -118,6 +118,7 @@ class Pipeline:
         self.stats.queue_depth_probes["batches_waiting"] = self.dispatcher.queued_batches
         self.stats.queue_depth_probes["messages_buffered"] = lambda: self._batcher.buffered
         self._stop_requests = 0
+        self._stopped_at = 0.0  # monotonic time of the first stop request
         self._reader_waiting = False  # the reader is handing batches to a full dispatcher
         self._stopping = asyncio.Event()
         self._not_all_queued = False
@@ -131,6 +132,7 @@ class Pipeline:
         self._stop_requests += 1
         self._stopping.set()
         if self._stop_requests == 1:
+            self._stopped_at = time.monotonic()
             self._log.warning("stopping", hint="draining; signal again to stop at once")
         else:
             self._log.warning("stopping_now")
@@ -154,11 +156,6 @@ class Pipeline:
                     read_error = reader.exception()
                 linger.cancel()
                 await asyncio.gather(linger, return_exceptions=True)
-                for batch in [*self._unsubmitted, *self._batcher.flush_all()]:
-                    if self.dispatcher.aborted.is_set():
-                        break
-                    await self.dispatcher.submit(batch)
-                self._unsubmitted.clear()
                 await self._drain()
             finally:
                 helpers = (reader, linger, stop_wait, abort_wait)
@@ -184,10 +181,24 @@ class Pipeline:
             code = ExitCode.OK
         return RunResult(code, self.dispatcher.fatal is not None, bool(self._stop_requests))
 
+    async def _send_the_rest(self) -> None:
+        """Send what is batched already (the batches a cancelled reader left in hand first),
+        then wait until every submitted batch has its outcomes."""
+        # A batch a cut-short stop never hands over has no outcome and was never journaled:
+        # --resume sends it.
+        leftovers = [*self._unsubmitted, *self._batcher.flush_all()]
+        self._unsubmitted.clear()
+        for batch in leftovers:
+            if self.dispatcher.aborted.is_set():
+                break
+            await self.dispatcher.submit(batch)
+        await self.dispatcher.drain()
+
     async def _drain(self) -> None:
-        """Wait for requests in flight; once stopping, for at most drain_timeout; at a second
-        signal, not at all."""
-        drain = asyncio.create_task(self.dispatcher.drain())
+        """Send what is batched and wait for every outcome. Once stopping, all of it (left-over
+        batches included, which at a slow --rate can be minutes of sending) is bounded by
+        drain_timeout counted from the first signal; at a second signal, nothing more is sent."""
+        drain = asyncio.create_task(self._send_the_rest())
         waiters: list[asyncio.Task[Any]] = []
         try:
             if not self._stop_requests:
@@ -197,18 +208,19 @@ class Pipeline:
             if not drain.done() and self._stop_requests == 1:
                 second = asyncio.create_task(self._second_stop())
                 waiters.append(second)
+                left = self._stopped_at + self.settings.drain_timeout - time.monotonic()
                 await asyncio.wait(
-                    [drain, second],
-                    timeout=self.settings.drain_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
+                    [drain, second], timeout=max(0.0, left), return_when=asyncio.FIRST_COMPLETED
                 )
                 if not drain.done() and not second.done():
                     self._log.warning("drain_timeout", drain_timeout=self.settings.drain_timeout)
             if not drain.done():
-                # Requests still in flight are abandoned: their lines are reported `unknown`
-                # when they were transmitted, and journaled `unsent` (for --resume) when not.
-                await self.dispatcher.cancel()
+                # Batches not handed over yet stay without an outcome and were never journaled
+                # (--resume sends them); requests still in flight are abandoned: their lines are
+                # reported `unknown` when they were transmitted, journaled `unsent` when not.
                 drain.cancel()
+                await asyncio.gather(drain, return_exceptions=True)
+                await self.dispatcher.cancel()
                 self._not_all_queued = True
         finally:
             # Also when run() itself is cancelled in one of the waits above: no helper task

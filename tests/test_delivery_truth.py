@@ -8,12 +8,20 @@ per line, nothing lost silently, nothing sent twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import socket
+import subprocess
+import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 
 from streamsend._config import Settings
@@ -212,3 +220,129 @@ async def test_an_outage_longer_than_give_up_after_stops_and_resume_sends_the_re
     assert {o["status"] for o in outcomes} == {"queued"}
     assert emu.ledger_path is not None
     assert sorted(ledger_lines(emu.ledger_path, skip_torn=False)) == list(range(1, 301))
+
+
+# -- stops that stop ----------------------------------------------------------------------------
+
+
+def _check_every_line_once(outcomes_path: Path, ledger: Path, lines: int) -> None:
+    """Across runs: the outcomes file is whole NDJSON, each line's last outcome is final, a
+    queued line is in the ledger exactly once and an unknown one at most once."""
+    last: dict[int, dict[str, Any]] = {}
+    for record in ndjson_records(outcomes_path, skip_torn=False):
+        last[record["line"]] = record
+    assert sorted(last) == list(range(1, lines + 1))
+    sent = Counter(ledger_lines(ledger, skip_torn=False))
+    for line, outcome in last.items():
+        assert outcome["status"] in ("queued", "unknown"), outcome
+        if outcome["status"] == "queued":
+            assert sent[line] == 1, outcome
+        else:
+            assert sent[line] <= 1, outcome
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["one-signal", "second-signal"])
+async def test_a_stop_at_a_paced_rate_is_bounded_and_resumable(
+    emulator: EmulatorFactory, tmp_path: Path, signals: int
+) -> None:
+    """At a slow --rate with the lanes' budget full, a stop must not send the batched backlog
+    first (minutes at this rate): one SIGINT stops within --drain-timeout (1 s) of the signal,
+    a second one at once; exit 130 either way, and a --resume sends the rest, each line once.
+
+    The wait for the exit is a bound on liveness (the backlog would take minutes), not a
+    measurement."""
+    lines = 22_000  # past the 20,000 messages the lanes hold: the reader waits in submit()
+    emu = await emulator()
+    assert emu.ledger_path is not None
+    write_numbered_input(tmp_path / "in.ndjson", lines)
+    common = ["-m", "streamsend", "send", "in.ndjson", "--base-url", emu.base_url]
+    common += ["--from", V1_LIST, "--outcomes", "out.ndjson", "--log-format", "json"]
+    env = clean_env(TRACKLY_API_KEY=API_KEY)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *common,
+        *("--rate", "600/min", "--drain-timeout", "1s"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    async with asyncio.timeout(RUN_TIMEOUT):
+        while emu.stats()["messages_queued"] < 4:  # noqa: ASYNC110 - a counter, no event
+            await asyncio.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    if signals == 2:
+        await asyncio.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(20):
+        _, stderr = await process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    names = [e["event"] for e in _events(stderr)]
+    assert "stopping" in names
+    assert ("stopping_now" in names) == (signals == 2)
+    sent_before_resume = emu.stats()["messages_queued"]
+    assert sent_before_resume < 1000  # the backlog was not sent: the stop stopped
+
+    code, _, stderr = await run_streamsend(
+        [*common[2:], "--rate", "unlimited", "--resume"],
+        env=env,
+        cwd=tmp_path,
+        timeout_s=RUN_TIMEOUT,
+    )
+    assert code in (ExitCode.OK, ExitCode.NOT_ALL_QUEUED), stderr  # 1: a cut request's unknown
+    _check_every_line_once(tmp_path / "out.ndjson", emu.ledger_path, lines)
+
+
+# -- a full disk --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` (CI runs as root), unmounted afterwards."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert mounted.returncode == 0, (
+        f"this test mounts a small tmpfs to fill a real filesystem and needs root (CI runs as "
+        f"root): mount said {mounted.stderr.strip()!r}"
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_a_full_disk_then_resume_leaves_valid_ndjson(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """The outcomes file and journal on a real 64 KiB tmpfs that fills mid-run: the run stops
+    with exit 70 and one line saying why; once there is room again, --resume cuts off whatever
+    torn line the full disk left, and the finished file is whole NDJSON with one final outcome
+    per line, each queued line accepted once."""
+    lines = 2000
+    emu = await emulator()
+    assert emu.ledger_path is not None
+    write_numbered_input(tmp_path / "in.ndjson", lines)
+    with _small_tmpfs(tmp_path / "disk", "64k") as disk:
+        outcomes = disk / "out.ndjson"
+        args = ["send", str(tmp_path / "in.ndjson"), "--base-url", emu.base_url]
+        args += ["--from", V1_LIST, "--outcomes", str(outcomes), "--rate", "unlimited"]
+        args += ["--batch-size", "100"]
+        env = clean_env(TRACKLY_API_KEY=API_KEY)
+        code, _, stderr = await run_streamsend(args, env=env, cwd=tmp_path, timeout_s=RUN_TIMEOUT)
+        assert code == ExitCode.INTERNAL, stderr
+        assert b"No space left on device" in stderr
+        assert b"Traceback" not in stderr
+        print("filled a real tmpfs; torn last line:", not outcomes.read_bytes().endswith(b"\n"))
+        remount = ["mount", "-o", "remount,size=8m", str(disk)]
+        await asyncio.to_thread(subprocess.run, remount, check=True)
+        code, _, stderr = await run_streamsend(
+            [*args, "--resume"], env=env, cwd=tmp_path, timeout_s=RUN_TIMEOUT
+        )
+        assert code in (ExitCode.OK, ExitCode.NOT_ALL_QUEUED), stderr
+        _check_every_line_once(outcomes, emu.ledger_path, lines)

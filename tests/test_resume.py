@@ -340,10 +340,10 @@ def test_resume_decisions(tmp_path: Path) -> None:
     assert at_least_once.decide("in.ndjson", 10) is Decision.SEND
 
 
-def test_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
+def test_torn_last_journal_line_is_cut_off(tmp_path: Path) -> None:
     """A journal whose last record a kill cut off is read up to it; the torn record (of a
-    request never sent: its start is written before sending) is skipped, and the next run's
-    records start on a line of their own."""
+    request never sent: its start is written before sending) is skipped, and cut off when the
+    journal is opened again, so every line of it is a whole record."""
     journal_path = tmp_path / "out.ndjson.journal"
     journal = FileJournal(str(journal_path), fsync=False)
     journal.record_start(1, _messages("in.ndjson", range(1, 4)))
@@ -360,19 +360,21 @@ def test_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
         Decision.SEND,
         Decision.SEND,
     ]
-    # The next run appends after the torn record without gluing onto it.
+    # The next run cuts the torn record off and appends whole records after the last one.
     journal = FileJournal(str(journal_path), fsync=False)
     journal.record_start(3, _messages("in.ndjson", range(5, 6)))
     journal.close()
+    assert all(orjson.loads(line) for line in journal_path.read_bytes().splitlines())
     resume = ResumeState.load(str(tmp_path / "none"), str(journal_path), resend_unknown=False)
-    assert resume.skipped_records == 1
+    assert resume.skipped_records == 0
     assert resume.decide("in.ndjson", 5) is Decision.MARK_UNKNOWN
     assert resume.next_request == 4
 
 
-def test_torn_last_outcome_line_is_tolerated(tmp_path: Path) -> None:
+def test_torn_last_outcome_line_is_cut_off(tmp_path: Path) -> None:
     """An outcomes file with a torn last line: the line is no outcome (so it is done again), and
-    the next run's outcomes start on a line of their own."""
+    opening the file to append cuts the torn part off (not ended with a newline: the file must
+    stay NDJSON that jq and pandas read)."""
     outcomes = tmp_path / "out.ndjson"
     outcomes.write_bytes(_outcome(1, "queued", 1) + b'{"line":2,"source":"in.ndjson","sta')
     resume = ResumeState.load(str(outcomes), str(tmp_path / "none"), resend_unknown=False)
@@ -381,9 +383,11 @@ def test_torn_last_outcome_line_is_tolerated(tmp_path: Path) -> None:
     assert resume.decide("in.ndjson", 2) is Decision.SEND
     sink = FileSink.open_path(str(outcomes), fsync=False)
     sink.close()
+    assert outcomes.read_bytes() == _outcome(1, "queued", 1)
     with outcomes.open("ab") as file:
         file.write(_outcome(2, "queued", 2))
     resume = ResumeState.load(str(outcomes), str(tmp_path / "none"), resend_unknown=False)
+    assert resume.skipped_records == 0
     assert resume.decide("in.ndjson", 2) is Decision.SKIP
 
 
