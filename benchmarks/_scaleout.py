@@ -27,10 +27,13 @@ from benchmarks import _analysis as analysis
 from benchmarks._emulator import SENDER, EmulatorProcess
 from benchmarks._process import ChildRun, cpu_seconds_of, run_measured
 from benchmarks._scenarios import Plan, _rounded, child_env
-from benchmarks._tools import check_run, remove_run_files, streamsend_command
+from benchmarks._tools import UNPACED, check_run, remove_run_files, streamsend_command
 
 REDIS_URL = os.environ.get("STREAMSEND_BENCH_REDIS", "redis://127.0.0.1:6379")
 SENDERS = (SENDER, "pn_scaleout_b", "pn_scaleout_c")
+#: The generated input repeats a few (recipient, body) pairs; `send` and `enqueue` both take
+#: every line, so that each run delivers the whole input and the two do the same work.
+ALL_LINES = ("--dedupe", "off")
 
 
 def _redis_pid() -> int | None:
@@ -50,18 +53,23 @@ def _streamsend(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamsend", *args]
 
 
-def _quiet(argv: list[str], env: dict[str, str]) -> None:
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _quiet(argv: list[str], env: dict[str, str], *, ok: tuple[int, ...] = (0,)) -> None:
+    done = subprocess.run(
+        argv, check=False, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    if done.returncode not in ok:
+        raise RuntimeError(f"{' '.join(argv[2:])}: exit {done.returncode}: {done.stderr[-500:]!r}")
 
 
 def _new_job(plan: Plan, input_path: Path, env: dict[str, str], *extra: str) -> str:
     job = f"bench-{uuid.uuid4().hex[:10]}"
-    _quiet(_streamsend("enqueue", str(input_path), "--job", job, *extra), env)
+    _quiet(_streamsend("enqueue", str(input_path), "--job", job, *ALL_LINES, *extra), env)
     return job
 
 
 def _collect_and_purge(plan: Plan, job: str, env: dict[str, str], outcomes: Path) -> None:
-    _quiet(_streamsend("collect", "--job", job, "--outcomes", str(outcomes)), env)
+    # Exit 1 (not every line queued) is for check_run to report, with the reason.
+    _quiet(_streamsend("collect", "--job", job, "--outcomes", str(outcomes)), env, ok=(0, 1))
     _quiet(_streamsend("job", "purge", job), env)
 
 
@@ -122,7 +130,10 @@ def scaleout(plan: Plan, input_path: Path, messages: int) -> dict[str, Any]:
                 if tool == "send":
                     child = run_measured(
                         streamsend_command(
-                            str(input_path), base_url=emulator.base_url, outcomes=outcomes
+                            str(input_path),
+                            base_url=emulator.base_url,
+                            outcomes=outcomes,
+                            extra=(*UNPACED, *ALL_LINES),
                         ),
                         env=env,
                         log_path=runs_dir / f"scaleout-send-{round_}.log",
@@ -130,7 +141,9 @@ def scaleout(plan: Plan, input_path: Path, messages: int) -> dict[str, Any]:
                     )
                 else:
                     enqueue = run_measured(
-                        _streamsend("enqueue", str(input_path), "--job", job, "--from", SENDER),
+                        _streamsend(
+                            "enqueue", str(input_path), "--job", job, "--from", SENDER, *ALL_LINES
+                        ),
                         env=env,
                         log_path=runs_dir / f"scaleout-enqueue-{round_}.log",
                         timeout_s=plan.timeout_s,
@@ -141,7 +154,9 @@ def scaleout(plan: Plan, input_path: Path, messages: int) -> dict[str, Any]:
                         {"round": round_, "messages_per_s": round(messages / enqueue.wall_s)}
                     )
                     redis_cpu = cpu_seconds_of(redis_pid) if redis_pid else 0.0
-                    [child] = _workers(plan, job, env, emulator.base_url, 1, [], f"one-{round_}")
+                    [child] = _workers(
+                        plan, job, env, emulator.base_url, 1, list(UNPACED), f"one-{round_}"
+                    )
                 redis_cpu = (cpu_seconds_of(redis_pid) if redis_pid else 0.0) - redis_cpu
                 if tool == "worker":
                     _collect_and_purge(plan, job, env, outcomes)
@@ -227,7 +242,7 @@ def _three_numbers(
     input_path = _write_rotating_input(plan.data_dir / "input-scaleout-3.ndjson", messages)
     job = _new_job(plan, input_path, env)
     queued_before = emulator.messages_queued()
-    children = _workers(plan, job, env, emulator.base_url, 3, [], "three")
+    children = _workers(plan, job, env, emulator.base_url, 3, list(UNPACED), "three")
     wall = max(c.wall_s for c in children)
     shares = _shares(job)
     outcomes = plan.data_dir / "runs" / "scaleout-three.outcomes.ndjson"

@@ -279,7 +279,10 @@ async def test_503_is_retried_and_500_502_504_are_unknown(
     unknown = list(run.with_status("unknown"))
     assert unknown
     assert {o["code"] for o in unknown} == {"internal_error", "bad_gateway", "gateway_timeout"}
-    assert all(o["attempts"] == 1 and run.in_ledger[o["line"]] == 0 for o in unknown)
+    # Never resent after the 500/502/504 (nothing in the ledger). Earlier attempts of the same
+    # request may have met a 503 (proved not queued, so retried): which request draws which
+    # fault depends on the order requests reach the emulator, so `attempts` can be above 1.
+    assert all(o["attempts"] >= 1 and run.in_ledger[o["line"]] == 0 for o in unknown)
     assert any(o["attempts"] > 1 for o in run.with_status("queued"))  # retried after 503s
     # Each 5xx opened the sending number's breaker (or found it open): each outage warned once.
     assert 1 <= len(run.log.named("service_unavailable")) <= run.stats["faults"]["error_5xx"]
