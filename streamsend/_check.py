@@ -347,7 +347,7 @@ def format_check_summary(
         )
     else:
         lines.append(
-            f"  duration at {format_rate(rate_per_s)} per sending number: about "
+            f"  duration at {format_rate(rate_per_s)} per sending number: "
             f"{_duration(seconds)} ({_count(summary.busiest_sender_messages, 'message')} "
             "from the busiest)"
         )
@@ -363,10 +363,10 @@ def _duplicate_example(number: str, where: tuple[str, ...]) -> str:
 
 def _duration(seconds: float) -> str:
     if seconds < 60:
-        return f"{seconds:.0f} s" if seconds >= 1 else "under a second"
+        return f"about {seconds:.0f} s" if seconds >= 1 else "under a second"
     minutes = round(seconds / 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+    return f"about {hours} h {minutes} min" if hours else f"about {minutes} min"
 
 
 def _count(n: int, noun: str) -> str:

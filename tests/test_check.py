@@ -364,6 +364,8 @@ def test_main_says_how_long_the_campaign_takes_at_the_rate(
     assert (summary["rate"], summary["estimated_seconds"]) == ("100/min", 1800.0)
     assert check_main([*args, "--rate", "unlimited"]) == 0
     assert "rate unlimited: not paced" in capsys.readouterr().err
+    assert check_main([*args, "--rate", "10000/s"]) == 0
+    assert "per sending number: under a second (3,000 messages" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("rate", "says"), [("600", "600/min or 600/s"), ("fast", "fast")])
