@@ -17,6 +17,7 @@ How data flows (one module per stage, bounded queues of batches between them):
       _recorder  each request's journal records, outcomes and stats
     _outcomes  every Message and invalid line -> exactly one Outcome record
     _journal   write-ahead record of what each request carries, for crash-safe --resume
+               (_fingerprint: what each input's lines were, so --resume refuses another input)
     _pipeline  wires the stages together for one run; _run assembles a run (open_run)
 
 Around them: _types (the shared aliases, `ExitCode`, and the four seams as Protocols: LineSource,

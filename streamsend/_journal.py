@@ -27,7 +27,8 @@ from enum import IntEnum
 import orjson
 
 from streamsend._durable import GroupSync, cut_torn_line
-from streamsend._models import FINAL_STATUSES, Message, Status
+from streamsend._fingerprint import Fingerprint
+from streamsend._models import DELIBERATE_STATUSES, FINAL_STATUSES, Message, Status
 
 
 class Decision(IntEnum):
@@ -89,6 +90,22 @@ class FileJournal:
         )
         self._group_sync.wrote()
 
+    def record_input(self, source: str, fingerprint: Fingerprint) -> None:
+        """How far `source` has been read, and the fingerprint of its lines so far (see
+        `_fingerprint`): written before any line of that stretch can be sent."""
+        os.write(
+            self._fd,
+            orjson.dumps(
+                {
+                    "input": source,
+                    "lines": fingerprint.lines,
+                    "bytes": fingerprint.nbytes,
+                    "blake2b": fingerprint.digest,
+                }
+            )
+            + b"\n",
+        )
+
     def record_unsent(self, request: int) -> None:
         os.write(self._fd, b'{"unsent":%d}\n' % request)
 
@@ -114,12 +131,14 @@ class FileJournal:
 class _SourceState:
     decisions: bytearray = field(default_factory=bytearray)
     last_request: array[int] = field(default_factory=lambda: array("q"))
+    settled_well: bytearray = field(default_factory=bytearray)  # 1: its last outcome is queued
 
     def ensure(self, line: int) -> None:
         missing = line + 1 - len(self.decisions)
         if missing > 0:
             self.decisions.extend(bytes(missing))
             self.last_request.extend([0] * missing)
+            self.settled_well.extend(bytes(missing))
 
 
 @dataclass(slots=True)
@@ -130,6 +149,8 @@ class ResumeState:
     next_request: int = 1
     sources: dict[str, _SourceState] = field(default_factory=dict)
     skipped_records: int = 0  # unreadable lines (a torn tail)
+    # Per input: how far the earlier runs read it, and its fingerprint there (see _fingerprint).
+    inputs: dict[str, Fingerprint] = field(default_factory=dict)
 
     def decide(self, source: str, line: int) -> Decision:
         state = self.sources.get(source)
@@ -139,6 +160,14 @@ class ResumeState:
         if self.resend_unknown and decision in (Decision.MARK_UNKNOWN, Decision.WAS_UNKNOWN):
             return Decision.SEND
         return decision
+
+    def settled_well(self, source: str, line: int) -> bool:
+        """For a SKIP line: whether the outcome that stands is queued (or deliberately not
+        sent: suppressed, duplicate), as the exit code 0 requires."""
+        state = self.sources.get(source)
+        return (
+            state is not None and line < len(state.settled_well) and bool(state.settled_well[line])
+        )
 
     def in_flight_request(self, source: str, line: int) -> int | None:
         """For a MARK_UNKNOWN line: the request that carried it when the earlier run stopped."""
@@ -176,6 +205,7 @@ class ResumeState:
                 highest = max(highest, request)
                 state = resume.sources.setdefault(source, _SourceState())
                 state.ensure(line)
+                state.settled_well[line] = status in DELIBERATE_STATUSES
                 if status in FINAL_STATUSES:
                     state.decisions[line] = Decision.SKIP
                 elif status == Status.UNKNOWN:
@@ -195,6 +225,8 @@ class ResumeState:
                     started[start] = lines
                 elif isinstance(unsent, int):
                     started.pop(unsent, None)
+                else:
+                    resume._note_input(record)
             for request, lines in started.items():
                 highest = max(highest, request)
                 for source, runs in lines.items():
@@ -208,6 +240,24 @@ class ResumeState:
                             state.last_request[line] = request
         resume.next_request = highest + 1
         return resume
+
+    def _note_input(self, record: dict[str, object]) -> None:
+        source, lines, nbytes, digest = (
+            record.get("input"),
+            record.get("lines"),
+            record.get("bytes"),
+            record.get("blake2b"),
+        )
+        if not (
+            isinstance(source, str)
+            and isinstance(lines, int)
+            and isinstance(nbytes, int)
+            and isinstance(digest, str)
+        ):
+            return
+        known = self.inputs.get(source)
+        if known is None or lines > known.lines:
+            self.inputs[source] = Fingerprint(lines, nbytes, digest)
 
     def _records(self, path: str) -> Iterator[dict[str, object]]:
         with open(path, "rb") as file:

@@ -22,6 +22,7 @@ from streamsend._batcher import Batcher
 from streamsend._campaign import Campaign, source_refusals
 from streamsend._config import Settings
 from streamsend._dispatch import Dispatcher, DispatchSettings
+from streamsend._fingerprint import InputFingerprints
 from streamsend._journal import Decision, ResumeState
 from streamsend._logs import library_logger
 from streamsend._models import DELIBERATE_STATUSES, Batch, Message, Outcome, Status
@@ -63,6 +64,7 @@ class Pipeline:
         log: Logger = None,
         rng: random.Random | None = None,
         campaign: Campaign | None = None,
+        fingerprints: InputFingerprints | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats or RunStats()
@@ -105,6 +107,10 @@ class Pipeline:
         self.stats.queue_depth_probes["batches_waiting"] = self.dispatcher.queued_batches
         self.stats.queue_depth_probes["messages_buffered"] = lambda: self._batcher.buffered
         self._stop_requests = 0
+        self._fingerprints = fingerprints
+        # A resumed input's lines kept until it is proved the same input (see _take_block).
+        self._held_messages: list[Message] = []
+        self._held_others: list[Outcome] = []
         self._stopped_at = 0.0  # monotonic time of the first stop request
         self._reader_waiting = False  # the reader is handing batches to a full dispatcher
         self._stopping = asyncio.Event()
@@ -224,13 +230,26 @@ class Pipeline:
             await self._stopping.wait()
 
     async def _read_all(self) -> None:
+        fingerprints = self._fingerprints
+        reading: str | None = None
         async for block in self._source:
-            await self._take_block(block)
+            if fingerprints is not None:
+                if reading is not None and block.source != reading:
+                    fingerprints.end(reading)
+                reading = block.source
+                fingerprints.observe(block)  # raises InputError when resume meets other input
+            hold = fingerprints is not None and fingerprints.pending(block.source)
+            await self._take_block(block, hold=hold)
             if self.dispatcher.aborted.is_set():
                 return
+        if fingerprints is not None and reading is not None:
+            fingerprints.end(reading)
 
-    async def _take_block(self, block: LineBlock) -> None:
-        """Validate one block of lines, batch the messages, write the other outcomes."""
+    async def _take_block(self, block: LineBlock, *, hold: bool = False) -> None:
+        """Validate one block of lines, batch the messages, write the other outcomes.
+
+        With `hold`, keep them instead: a resumed input is not trusted until it has been read as
+        far as the earlier run read it (see `_fingerprint`), and nothing of it may go before."""
         messages: list[Message] = []
         others: list[Outcome] = []  # invalid lines, and lines a crashed run left in flight
         if self._resume is None:
@@ -246,6 +265,15 @@ class Pipeline:
         stats = self.stats
         stats.input_bytes_read += block.nbytes
         stats.lines_read += len(messages) + len(others)
+        if hold:
+            self._held_messages.extend(messages)
+            self._held_others.extend(others)
+            return
+        if self._held_messages or self._held_others:
+            messages = [*self._held_messages, *messages]
+            others = [*self._held_others, *others]
+            self._held_messages.clear()
+            self._held_others.clear()
         if others:
             self._sink.write(others)
             for outcome in others:
@@ -287,7 +315,10 @@ class Pipeline:
             decision = resume.decide(source, line)
             kept: list[Message] = []
             if decision is Decision.SKIP or decision is Decision.WAS_UNKNOWN:
-                # An earlier run's outcome stands.
+                # An earlier run's outcome stands, and counts in this run's exit code: 0 only
+                # when every line of the input ends queued, whichever run queued it.
+                if decision is Decision.WAS_UNKNOWN or not resume.settled_well(source, line):
+                    self._not_all_queued = True
                 if remembering and raw:
                     validator.validate_lines(source, line, [raw], kept, [])
                     campaign.remember(kept)

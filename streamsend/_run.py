@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from streamsend._campaign import Campaign
 from streamsend._config import Settings
 from streamsend._exceptions import ConfigError
+from streamsend._fingerprint import InputFingerprints
 from streamsend._journal import FileJournal, ResumeState
 from streamsend._outcomes import FileSink
 from streamsend._pacing import (
@@ -106,6 +107,27 @@ async def open_run(
                 next_request=resume_state.next_request,
                 unreadable_records=resume_state.skipped_records,
             )
+        stdin_unproved = (
+            resume_state is not None
+            and "-" in resume_state.sources
+            and "-" not in resume_state.inputs
+        )
+        if stdin_unproved:
+            # Without a fingerprint nothing proves the replayed stream is the one whose line
+            # numbers the outcomes name: a restarted producer would be misread.
+            raise ConfigError(
+                "--resume: the earlier run's journal has no fingerprint of stdin (an older "
+                "streamsend wrote it), so the replayed stream can't be checked: pass "
+                "--overwrite to start anew, or resume with a file"
+            )
+        fingerprints = (
+            None
+            if journal is None
+            else InputFingerprints(
+                record=journal.record_input,
+                expected=resume_state.inputs if resume_state is not None else None,
+            )
+        )
         stats = stats if stats is not None else RunStats()
         pipeline = Pipeline(
             settings,
@@ -118,6 +140,7 @@ async def open_run(
             stats=stats,
             log=log,
             campaign=campaign,
+            fingerprints=fingerprints,
         )
         yield Run(settings, pipeline, stats, resume_state)
 
@@ -230,6 +253,11 @@ async def send_campaign(
             try:
                 async with observe_run(settings, stats, log):
                     result = await run.pipeline.run()
+            except BrokenPipeError:
+                if settings.outcomes != "-":
+                    raise
+                _outcomes_reader_went_away(stats)
+                return ExitCode.INTERNAL
             finally:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
@@ -237,6 +265,23 @@ async def send_campaign(
             stats, log, settings, left_over=lambda s: _left_over(s, settings, result, command)
         )
         return result.exit_code
+
+
+def _outcomes_reader_went_away(stats: RunStats) -> None:
+    """Outcomes went to stdout and its reader went away: say what was sent, and the advice that
+    is possible (there is no journal to --resume from)."""
+    # Later flushes of the outcomes go nowhere instead of raising again on the way out.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    queued = stats.by_status.get("queued", 0)
+    print(
+        "streamsend: error: the reader of the outcomes on stdout went away (broken pipe); by "
+        f"then the service had accepted at least {queued:,} messages. Outcomes on stdout have "
+        "no journal, so this run can't be resumed: send the rest from an input without the "
+        "lines already sent, and pass --outcomes PATH to make a run resumable",
+        file=sys.stderr,
+    )
 
 
 def _start_fields(

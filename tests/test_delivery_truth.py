@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -346,3 +347,136 @@ async def test_a_full_disk_then_resume_leaves_valid_ndjson(
         )
         assert code in (ExitCode.OK, ExitCode.NOT_ALL_QUEUED), stderr
         _check_every_line_once(outcomes, emu.ledger_path, lines)
+
+
+# -- resumes that check -------------------------------------------------------------------------
+
+
+async def _send_with_stdin(
+    args: list[str], stdin: bytes, *, env: dict[str, str], cwd: Path
+) -> tuple[int, bytes]:
+    """`streamsend <args>` with `stdin` as its input: exit code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "streamsend",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    )
+    async with asyncio.timeout(RUN_TIMEOUT):
+        _, stderr = await process.communicate(stdin)
+    assert process.returncode is not None
+    return process.returncode, stderr
+
+
+def _numbered(lines: int, body: str = "m") -> bytes:
+    return b"".join(
+        orjson.dumps({"to_msisdn": f"+1415{n:07d}", "body": f"{body}{n}"}) + b"\n"
+        for n in range(1, lines + 1)
+    )
+
+
+@pytest.mark.parametrize("via", ["file", "stdin"])
+async def test_resume_refuses_an_input_that_changed(
+    emulator: EmulatorFactory, tmp_path: Path, via: str
+) -> None:
+    """A run that read the input and gave up (the service was unreachable) journaled its
+    fingerprint. A --resume against a regenerated input, or a restarted stdin producer with other
+    lines, is refused with exit 2 and a clear message, before anything is sent; the same input
+    resumes and sends every line once."""
+    original, changed = _numbered(300), _numbered(300, body="other ")
+    env = clean_env(
+        TRACKLY_API_KEY=API_KEY, STREAMSEND_BACKOFF_BASE="0.05", STREAMSEND_BACKOFF_CAP="0.1"
+    )
+    source = "-" if via == "stdin" else "in.ndjson"
+    common = ["send", source, "--from", V1_LIST, "--outcomes", "out.ndjson"]
+    common += ["--rate", "unlimited", "--batch-size", "50"]
+
+    async def send(content: bytes, *flags: str) -> tuple[int, bytes]:
+        if via == "file":
+            (tmp_path / "in.ndjson").write_bytes(content)
+        return await _send_with_stdin([*common, *flags], content, env=env, cwd=tmp_path)
+
+    code, stderr = await send(
+        original, "--base-url", _unreachable_base_url(), "--give-up-after", "0.3s"
+    )
+    assert code == ExitCode.ABORTED, stderr
+    emu = await emulator()
+    assert emu.ledger_path is not None
+    code, stderr = await send(changed, "--base-url", emu.base_url, "--resume")
+    assert code == ExitCode.USAGE, stderr
+    assert b"is not the input the earlier run read" in stderr
+    assert b"--overwrite" in stderr
+    assert emu.stats()["requests_total"] == 0  # refused before anything was sent
+    code, stderr = await send(
+        original[: len(original) // 2], "--base-url", emu.base_url, "--resume"
+    )
+    assert code == ExitCode.USAGE, stderr
+    assert b"ended before line 300" in stderr
+    assert emu.stats()["requests_total"] == 0
+    code, stderr = await send(original, "--base-url", emu.base_url, "--resume")
+    assert code == ExitCode.OK, stderr
+    _check_every_line_once(tmp_path / "out.ndjson", emu.ledger_path, 300)
+
+
+async def test_a_resumes_exit_code_covers_the_whole_file(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Lines an earlier run settled count in a resume's exit code: a file whose lines all ended
+    `invalid` (no sending number) resumes with --from, sends nothing (they are final) and exits
+    1, not 0 ("every line was queued")."""
+    emu = await emulator()
+    write_numbered_input(tmp_path / "in.ndjson", 20)
+    args = ["send", "in.ndjson", "--base-url", emu.base_url, "--outcomes", "out.ndjson"]
+    args += ["--rate", "unlimited"]
+    env = clean_env(TRACKLY_API_KEY=API_KEY)
+    code, _, stderr = await run_streamsend(args, env=env, cwd=tmp_path, timeout_s=RUN_TIMEOUT)
+    assert code == ExitCode.NOT_ALL_QUEUED, stderr
+    outcomes = ndjson_records(tmp_path / "out.ndjson", skip_torn=False)
+    assert {o["status"] for o in outcomes} == {"invalid"}
+    code, _, stderr = await run_streamsend(
+        [*args, "--from", V1_LIST, "--resume"], env=env, cwd=tmp_path, timeout_s=RUN_TIMEOUT
+    )
+    assert code == ExitCode.NOT_ALL_QUEUED, stderr
+    assert emu.stats()["requests_total"] == 0
+
+
+# -- outcomes on stdout -------------------------------------------------------------------------
+
+
+async def test_a_broken_pipe_on_stdout_says_what_was_sent_and_advises_no_resume(
+    emulator: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Outcomes on stdout and their reader goes away (`| head -1`): one line says how many
+    messages the service accepted and that there is no journal to resume from (no --resume
+    advice, which would be refused); no traceback."""
+    emu = await emulator()
+    write_numbered_input(tmp_path / "in.ndjson", 20_000)
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "streamsend", "send", "in.ndjson", "--base-url", emu.base_url),
+        *("--from", V1_LIST, "--rate", "unlimited", "--batch-size", "100"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(TRACKLY_API_KEY=API_KEY),
+        cwd=tmp_path,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        first = await asyncio.to_thread(reader.readline)  # the reader takes one line and leaves
+    assert orjson.loads(first)["status"] == "queued"
+    async with asyncio.timeout(RUN_TIMEOUT):
+        _, stderr = await process.communicate()
+    assert process.returncode == ExitCode.INTERNAL, stderr
+    assert b"Traceback" not in stderr
+    said = [line for line in stderr.splitlines() if line.startswith(b"streamsend: error:")]
+    assert len(said) == 1
+    assert b"broken pipe" in said[0]
+    assert b"accepted at least" in said[0]
+    assert b"--resume" not in said[0]

@@ -1,0 +1,95 @@
+"""Input fingerprints: what --resume checks before it trusts line numbers.
+
+Resume names a line by (input, line number). When the input changed between runs (a regenerated
+file, a restarted stdin producer), the same numbers name other lines: resume would skip lines
+never sent and send others twice. So a run journals, for each input, a running blake2b of its
+lines as read, with the line count and bytes so far (one record per block read, before any line
+of the block can be sent). A resumed run hashes the same lines as it reads them and compares at
+the journaled line count; until then nothing of that input is sent, and a difference stops the
+run (exit 2) before anything of it was sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from streamsend._exceptions import InputError
+from streamsend._types import LineBlock
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """An input's first `lines` lines as read: their bytes and their blake2b (hex)."""
+
+    lines: int
+    nbytes: int
+    digest: str
+
+
+def _hashed(lines: Sequence[bytes | None]) -> bytes:
+    # A line too long to keep (None) hashes as a NUL: it is "a line too long" in both runs.
+    return b"".join((b"\0" if raw is None else raw) + b"\n" for raw in lines)
+
+
+def _name(source: str) -> str:
+    return "stdin" if source == "-" else source
+
+
+class InputFingerprints:
+    """Running fingerprints of the inputs as they are read (`observe`, block by block), each
+    handed to `record` (the journal); with `expected` (an earlier run's), the check."""
+
+    def __init__(
+        self,
+        *,
+        record: Callable[[str, Fingerprint], None] | None,
+        expected: Mapping[str, Fingerprint] | None = None,
+    ) -> None:
+        self._record = record
+        self._expected = dict(expected or {})
+        self._hashes: dict[str, hashlib.blake2b] = {}
+        self._nbytes: dict[str, int] = {}
+
+    def pending(self, source: str) -> bool:
+        """True until `source` has been read as far as the earlier run read it, and matched."""
+        return source in self._expected
+
+    def observe(self, block: LineBlock) -> None:
+        """Hash one block; raise InputError when it differs from what the earlier run read."""
+        source = block.source
+        running = self._hashes.get(source)
+        if running is None:
+            running = self._hashes[source] = hashlib.blake2b(digest_size=16)
+            self._nbytes[source] = 0
+        lines = block.lines
+        last = block.first_line + len(lines) - 1
+        expected = self._expected.get(source)
+        if expected is not None and last >= expected.lines:
+            upto = expected.lines - block.first_line + 1
+            running.update(_hashed(lines[:upto]))
+            if running.hexdigest() != expected.digest:
+                raise InputError(
+                    f"--resume: {_name(source)} is not the input the earlier run read (its "
+                    f"first {expected.lines:,} lines differ), so its line numbers name other "
+                    "lines: resume with the same input, or pass --overwrite to start anew "
+                    "(every line is sent again)"
+                )
+            del self._expected[source]
+            running.update(_hashed(lines[upto:]))
+        else:
+            running.update(_hashed(lines))
+        self._nbytes[source] += block.nbytes
+        if self._record is not None and lines:
+            self._record(source, Fingerprint(last, self._nbytes[source], running.hexdigest()))
+
+    def end(self, source: str) -> None:
+        """`source` is read to its end: shorter than the earlier run read it is a difference."""
+        expected = self._expected.pop(source, None)
+        if expected is not None:
+            raise InputError(
+                f"--resume: {_name(source)} ended before line {expected.lines:,}, which the "
+                "earlier run had read: it is not the same input. Resume with the same input, or "
+                "pass --overwrite to start anew (every line is sent again)"
+            )
