@@ -72,6 +72,9 @@ DELIVERY_FLAGS = (
     "log_level",
     "log_format",
     "metrics_port",
+    "give_up_after",
+    "proxy",
+    "ca_bundle",
 )
 
 

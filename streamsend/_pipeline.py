@@ -93,20 +93,7 @@ class Pipeline:
             cap_for_sender=limiter.batch_cap,
         )
         self.dispatcher = Dispatcher(
-            DispatchSettings(
-                base_url=settings.base_url,
-                api_version=settings.api_version,
-                api_key=api_key,
-                concurrency=settings.fixed_concurrency,
-                max_concurrency=settings.max_concurrency,
-                timeout=settings.timeout,
-                retries=settings.retries,
-                give_up_after=settings.give_up_after,
-                resend_unknown=settings.resend_unknown,
-                backoff=Backoff(settings.backoff_base, settings.backoff_cap),
-                proxy=settings.proxy,
-                ca_bundle=settings.ca_bundle,
-            ),
+            dispatch_settings(settings, api_key),
             sink=sink,
             journal=journal,
             stats=self.stats,
@@ -367,6 +354,25 @@ class Pipeline:
             await asyncio.sleep(delay)
             if not self._reader_waiting:
                 await self._submit_all(self._batcher.flush_due(time.monotonic()))
+
+
+def dispatch_settings(settings: Settings, api_key: str, **changes: Any) -> DispatchSettings:
+    """How a run's settings drive the dispatcher: one mapping for `send` and `worker` alike."""
+    return DispatchSettings(
+        base_url=settings.base_url,
+        api_version=settings.api_version,
+        api_key=api_key,
+        concurrency=settings.fixed_concurrency,
+        max_concurrency=settings.max_concurrency,
+        timeout=settings.timeout,
+        retries=settings.retries,
+        give_up_after=settings.give_up_after,
+        resend_unknown=settings.resend_unknown,
+        backoff=Backoff(settings.backoff_base, settings.backoff_cap),
+        proxy=settings.proxy,
+        ca_bundle=settings.ca_bundle,
+        **changes,
+    )
 
 
 def _in_flight_at_crash(message: Message, request: int | None) -> Outcome:

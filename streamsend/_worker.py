@@ -32,11 +32,11 @@ from typing import Any
 
 import orjson
 
-from streamsend._attempts import Backoff
 from streamsend._batcher import Batcher
 from streamsend._config import Settings
-from streamsend._dispatch import Dispatcher, DispatchSettings
+from streamsend._dispatch import Dispatcher
 from streamsend._models import BatchOutcome, Message, Outcome, Status
+from streamsend._pipeline import dispatch_settings
 from streamsend._redis_job import RedisJob, until_reachable
 from streamsend._redis_limiter import RedisRateLimiter
 from streamsend._redis_seams import Holdings, RedisJournal, RedisSink
@@ -110,16 +110,9 @@ class Worker:
             cap_for_sender=limiter.batch_cap,
         )
         self._dispatcher = dispatcher = Dispatcher(
-            DispatchSettings(
-                base_url=settings.base_url,
-                api_version=api_version,
-                api_key=self._api_key,
-                concurrency=settings.fixed_concurrency,
-                max_concurrency=settings.max_concurrency,
-                timeout=settings.timeout,
-                retries=settings.retries,
-                resend_unknown=settings.resend_unknown,
-                backoff=Backoff(settings.backoff_base, settings.backoff_cap),
+            dispatch_settings(
+                settings,
+                self._api_key,
                 # Taken entries wait here under our lease: enough to keep every request slot
                 # busy, not so much that one worker hoards a job the others could share.
                 max_waiting_messages=settings.most_in_flight * settings.batch_size,

@@ -39,12 +39,24 @@ from tests.redis_fixtures import (
     tracked_client,
 )
 
+#: Jobs the Redis factories made in the shared Redis: deleted after each test.
+_REDIS_JOBS: list[str] = []
+
 
 @pytest.fixture(autouse=True)
 async def _close_redis_clients() -> AsyncIterator[None]:
-    """The Redis implementations' clients, closed after each test."""
+    """The Redis implementations' clients closed, and their jobs deleted, after each test."""
     yield
     await close_tracked_clients()
+    if _REDIS_JOBS:
+        client: Any = redis.Redis.from_url(SHARED_REDIS_URL)
+        try:
+            while _REDIS_JOBS:
+                keys = list(client.scan_iter(match=f"streamsend:job:{{{_REDIS_JOBS.pop()}}}:*"))
+                if keys:
+                    client.delete(*keys)
+        finally:
+            client.close()
 
 
 # -- LineSource ---------------------------------------------------------------------------------
@@ -160,6 +172,7 @@ def _redis_sink(tmp: Path, name: str) -> SinkUnderTest:
     reads it."""
     require_redis(SHARED_REDIS_URL)
     job = RedisJob(tracked_client(SHARED_REDIS_URL), f"test-sink-{uuid.uuid4().hex[:12]}")
+    _REDIS_JOBS.append(job.name)
     sink = RedisSink(job, None, None, None)
 
     def read_back() -> list[dict[str, object]]:
@@ -304,6 +317,7 @@ def _redis_journal(tmp: Path) -> JournalUnderTest:
     taken by the worker (a journal only records requests of entries its worker holds)."""
     require_redis(SHARED_REDIS_URL)
     name = f"test-journal-{uuid.uuid4().hex[:12]}"
+    _REDIS_JOBS.append(name)
     setup: Any = redis.Redis.from_url(SHARED_REDIS_URL)
     probe = RedisJob(tracked_client(SHARED_REDIS_URL), name)
     stream = probe.stream("pn_a")
