@@ -47,7 +47,7 @@ from typing import Literal
 import orjson
 
 from streamsend._exceptions import ConfigError
-from streamsend._models import Message, Outcome, Status
+from streamsend._models import Message, Outcome, Status, held_back
 from streamsend._suppress import NumberSet
 from streamsend._validate import is_e164
 
@@ -173,20 +173,12 @@ class Dedupe:
         source = block.source or self._sources_of[first_block][position]
         where = f"line {line}" if source == m.source else f"line {line} of {source}"
         what = "message" if self.mode == "message" else "recipient"
-        return Outcome(
-            m.source,
-            m.line,
+        return held_back(
+            m,
             Status.DUPLICATE,
             "duplicate",
             f"the same {what} as {where} (--dedupe {self.mode})",
-            m.to,
-            m.ref_json,
-            0,
-            None,
-            m.sender,
-            m.segments,
-            m.encoding,
-            line,
+            duplicate_of=line,
         )
 
 

@@ -16,10 +16,11 @@ from datetime import datetime
 
 import orjson
 
-from streamsend._models import Message, Outcome, Status
+from streamsend._models import Message, Outcome, Status, held_back
 from streamsend._types import LineBlock
 
 EXPIRED = "expired"
+EXPIRED_ERROR = "its moment (send_before or --expire-after) passed before it could be sent"
 
 
 def parse_send_before(text: str) -> float:
@@ -124,20 +125,14 @@ class Expiry:
 
 
 def expired_outcome(m: Message, attempts: int, request: int | None) -> Outcome:
-    return Outcome(
-        m.source,
-        m.line,
-        Status.EXPIRED,
-        EXPIRED,
-        "its moment (send_before or --expire-after) passed before it could be sent",
-        m.to,
-        m.ref_json,
-        attempts,
-        request,
-        m.sender,
-        m.segments,
-        m.encoding,
-    )
+    return held_back(m, Status.EXPIRED, EXPIRED, EXPIRED_ERROR, attempts=attempts, request=request)
 
 
-__all__ = ["Expiry", "expired_outcome", "ndjson_deadlines", "parse_send_before"]
+__all__ = [
+    "EXPIRED",
+    "EXPIRED_ERROR",
+    "Expiry",
+    "expired_outcome",
+    "ndjson_deadlines",
+    "parse_send_before",
+]

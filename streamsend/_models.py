@@ -88,6 +88,38 @@ class Outcome(NamedTuple):
         return orjson.loads(self.ref_json) if self.ref_json else None
 
 
+def held_back(
+    m: Message,
+    status: Status,
+    code: str,
+    error: str,
+    *,
+    attempts: int = 0,
+    request: int | None = None,
+    duplicate_of: int | None = None,
+) -> Outcome:
+    """The outcome of a valid message the run chose not to send (suppressed, duplicate, expired).
+
+    It keeps what the message would have been (recipient, sender, segments) so the summary,
+    the metrics and a later `--skip-sent` see it like any other outcome.
+    """
+    return Outcome(
+        m.source,
+        m.line,
+        status,
+        code,
+        error,
+        m.to,
+        m.ref_json,
+        attempts,
+        request,
+        m.sender,
+        m.segments,
+        m.encoding,
+        duplicate_of,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """The messages of one request: one sender, at most 1,000 messages, under 5,000,000 bytes."""

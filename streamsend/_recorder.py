@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from streamsend._exceptions import FatalServiceError, MaybeSent, SendError
+from streamsend._expiry import EXPIRED, EXPIRED_ERROR
 from streamsend._models import BatchOutcome, Message, Status
 from streamsend._protocol import Accepted
 from streamsend._stats import RunStats
@@ -160,8 +161,8 @@ class Recorder:
                 request,
                 attempts,
                 sender,
-                "expired",
-                "its moment (send_before or --expire-after) passed before it could be sent",
+                EXPIRED,
+                EXPIRED_ERROR,
             )
         )
 
