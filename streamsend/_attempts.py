@@ -384,10 +384,9 @@ class AttemptLoop:
             for each in self._lanes.all():
                 each.wake()  # requests waiting out a pause see the stop now
             return
+        retry_after = failure.retry_after if isinstance(failure, RateLimited) else None
         pause = self._backoff.outage_pause(failures, self._rng)
-        if isinstance(failure, RateLimited) and failure.retry_after is not None:
-            pause = max(pause, failure.retry_after)  # a 503's Retry-After
-        lane.pause(pause)
+        lane.pause(next_probe_in(pause, retry_after, self._give_up_after - down_for))
 
     def _note_service_up(self, lane: Lane) -> None:
         lasted = lane.note_answer()
@@ -437,6 +436,15 @@ class AttemptLoop:
             x_api_deprecated=response.headers.get("X-API-Deprecated"),
             hint=hint,
         )
+
+
+def next_probe_in(pause: float, retry_after: float | None, until_give_up: float) -> float:
+    """How long a sending number in an outage waits before its next probe: the backoff pause,
+    at least a 503's Retry-After, but never past the --give-up-after deadline, so the run gives
+    up when the user said (after one last probe), not up to a whole backoff cap later."""
+    if retry_after is not None:
+        pause = max(pause, retry_after)
+    return max(0.0, min(pause, until_give_up))
 
 
 def _is_outage(failure: SendError) -> bool:

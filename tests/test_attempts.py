@@ -12,7 +12,7 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamsend._attempts import Backoff
+from streamsend._attempts import Backoff, next_probe_in
 
 # -- backoff -----------------------------------------------------------------------------------
 
@@ -45,3 +45,26 @@ def test_backoff_grows_until_the_cap() -> None:
     backoff = Backoff(base=0.5, cap=5.0)
     delays = [backoff.delay(n, Highest()) for n in range(6)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+# -- outages: the next probe ---------------------------------------------------------------------
+
+
+@given(
+    pause=st.floats(min_value=0, max_value=3600),
+    retry_after=st.none() | st.floats(min_value=0, max_value=3600),
+    until_give_up=st.floats(min_value=-10, max_value=3600),
+)
+def test_the_next_probe_never_comes_after_the_give_up_deadline(
+    pause: float, retry_after: float | None, until_give_up: float
+) -> None:
+    """A sending number in an outage waits its backoff pause, at least a 503's Retry-After, but
+    never past --give-up-after: the run gives up when the user said, not a backoff cap later
+    (with `--give-up-after 8s` it used to give up after 14 s)."""
+    wait = next_probe_in(pause, retry_after, until_give_up)
+    assert 0 <= wait <= max(0.0, until_give_up)
+    wanted = pause if retry_after is None else max(pause, retry_after)
+    if wanted <= until_give_up:
+        assert wait == wanted
+    else:
+        assert wait == max(0.0, until_give_up)
