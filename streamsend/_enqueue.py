@@ -24,6 +24,7 @@ from typing import Any
 from streamsend._campaign import Campaign, source_refusals
 from streamsend._config import Settings
 from streamsend._exceptions import InputError
+from streamsend._expiry import Expiry
 from streamsend._models import Message, Outcome
 from streamsend._outcomes import OutcomeEncoder
 from streamsend._redis_job import RedisJob, pack_message, until_reachable
@@ -71,7 +72,9 @@ async def enqueue(
             continue
         number = await until_reachable(partial(job.source_number, block.source), log, "enqueue")
         last_line = block.first_line + len(block.lines) - 1
-        entries, outcomes = _by_sender(messages), _encoded(encoder, invalid)
+        entries = _by_sender(messages, campaign.expiry)
+        campaign.expiry.forget(messages)  # the moments travel in the entries now
+        outcomes = _encoded(encoder, invalid)
         added, invalid_added, refused = await until_reachable(
             partial(job.enqueue_block, number, last_line, entries, outcomes),
             log,
@@ -91,14 +94,14 @@ async def enqueue(
     return result
 
 
-def _by_sender(messages: Sequence[Message]) -> dict[str, list[Any]]:
+def _by_sender(messages: Sequence[Message], expiry: Expiry) -> dict[str, list[Any]]:
     now_ms = int(time.time() * 1000)
     flat: dict[str, list[Any]] = {}
     for message in messages:
         entries = flat.get(message.sender)
         if entries is None:
             entries = flat[message.sender] = []
-        entries += (message.line, pack_message(message, now_ms))
+        entries += (message.line, pack_message(message, now_ms, expiry.moment_of(message)))
     return flat
 
 

@@ -108,6 +108,14 @@ class Expiry:
         messages[:] = kept
         return expired
 
+    def moment_of(self, m: Message) -> float | None:
+        """The message's moment (Unix time), if it has one: what `enqueue` carries to workers."""
+        return self._deadlines.get((m.source, m.line)) if self._deadlines else None
+
+    def remember(self, m: Message, moment: float) -> None:
+        """Note a moment read back from elsewhere (a worker's entry), for `late` to check."""
+        self._deadlines[m.source, m.line] = moment
+
     def late(self, messages: Sequence[Message]) -> list[Message] | None:
         """Those of `messages` past their moment now (None: none), just before an attempt."""
         store = self._deadlines

@@ -42,6 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamsend._exceptions import ConfigError
+from streamsend._expiry import Expiry
 from streamsend._journal import ResumeState
 from streamsend._models import Encoding, Message, Outcome
 from streamsend._types import Logger
@@ -103,14 +104,20 @@ _new_message = partial(tuple.__new__, Message)
 _ENCODING_CODE = {Encoding.GSM7: b"g", Encoding.UCS2: b"u"}
 
 
-def pack_message(message: Message, enqueued_ms: int) -> bytes:
+def pack_message(message: Message, enqueued_ms: int, moment: float | None = None) -> bytes:
     """A message as one stream field. Tabs separate: JSON (the wire form and the ref) escapes
-    control characters, and a validated number is `+` and digits, so no part holds a tab."""
-    return b"%d\t%b\t%d\t%b\t%b\t%b" % (
+    control characters, and a validated number is `+` and digits, so no part holds a tab.
+
+    `moment` is the line's `send_before` (Unix time; empty when it has none): the worker that
+    takes the entry checks it before every attempt, as `send` does, so a line is never sent
+    after its moment however long it waited in the job.
+    """
+    return b"%d\t%b\t%d\t%b\t%b\t%b\t%b" % (
         enqueued_ms,
         message.to.encode(),
         message.segments,
         _ENCODING_CODE[message.encoding],
+        b"" if moment is None else b"%d" % round(moment * 1000),
         message.ref_json,
         message.wire,
     )
@@ -564,8 +571,11 @@ class RedisJob:
         keys += await self.sender_streams()
         return int(await self.client.delete(*keys))
 
-    async def unpack_entries(self, sender: str, flat: Sequence[bytes]) -> list[Message]:
-        """Messages from [id, packed, ...] (as `take` returns them)."""
+    async def unpack_entries(
+        self, sender: str, flat: Sequence[bytes], expiry: Expiry | None = None
+    ) -> list[Message]:
+        """Messages from [id, packed, ...] (as `take` returns them); the moments of those that
+        have one go to `expiry`."""
         messages: list[Message] = []
         append = messages.append
         names: dict[bytes, str] = {}
@@ -575,21 +585,22 @@ class RedisJob:
             source = names.get(number)
             if source is None:
                 source = names[number] = await self.source_name(int(number))
-            _, to, segments, encoding, ref, wire = flat[i + 1].split(b"\t", 5)
-            append(
-                _new_message(
-                    (
-                        source,
-                        int(line),
-                        to.decode(),
-                        sender,
-                        wire,
-                        ref,
-                        int(segments),
-                        encodings[encoding],
-                    )
+            _, to, segments, encoding, moment, ref, wire = flat[i + 1].split(b"\t", 6)
+            message = _new_message(
+                (
+                    source,
+                    int(line),
+                    to.decode(),
+                    sender,
+                    wire,
+                    ref,
+                    int(segments),
+                    encodings[encoding],
                 )
             )
+            append(message)
+            if moment and expiry is not None:
+                expiry.remember(message, int(moment) / 1000)
         return messages
 
     async def ids_for(self, lines: Sequence[Message | Outcome]) -> list[bytes]:

@@ -35,6 +35,7 @@ import orjson
 from streamsend._batcher import Batcher
 from streamsend._config import Settings
 from streamsend._dispatch import Dispatcher
+from streamsend._expiry import Expiry
 from streamsend._models import BatchOutcome, Message, Outcome, Status
 from streamsend._pipeline import dispatch_settings
 from streamsend._redis_job import RedisJob, until_reachable
@@ -83,6 +84,9 @@ class Worker:
         self._lease = options.lease
         self._log = log
         self._holdings = Holdings()
+        # The moments (`send_before`) enqueue packed into the entries we hold: checked before
+        # every attempt, so a line that waited in the job past its moment is `expired`.
+        self._expiry = Expiry(expire_after=None)
         self._stopping = asyncio.Event()
         self._stop_requests = 0
         self._started_ms = int(time.time() * 1000)
@@ -124,6 +128,7 @@ class Worker:
             # Request numbers unique across the job's workers: they name requests in outcomes.
             first_request=number * 1_000_000 + 1,
             log=log,
+            expiry=self._expiry,
         )
         log.info("worker_start", worker=self.name, job=job.name, lease_s=self._lease)
         complete = False
@@ -188,7 +193,8 @@ class Worker:
                 )
                 if flat:
                     took += len(flat) // 2
-                    await self._submit(stream, await job.unpack_entries(sender, flat))
+                    messages = await job.unpack_entries(sender, flat, self._expiry)
+                    await self._submit(stream, messages)
             if took:
                 idle = _IDLE_POLL_S[0]
                 continue
@@ -261,7 +267,7 @@ class Worker:
         if not entries:
             return
         flat: list[bytes] = [part for entry in entries for part in entry]
-        messages = await job.unpack_entries(sender, flat)
+        messages = await job.unpack_entries(sender, flat, self._expiry)
         to_send: list[Message] = []
         unknown: dict[int, list[Message]] = {}
         poison: list[Message] = []

@@ -13,6 +13,7 @@ import io
 import sys
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,35 @@ async def test_workers_in_process_share_a_job_with_one_outcome_per_line(
     assert status["complete"]
     assert status["pending"] == 0
     assert sum(w["lines_done"] for w in status["workers"].values()) == 2994
+
+
+async def test_a_line_whose_moment_passed_while_in_the_job_is_expired_not_sent(
+    job: RedisJob, tmp_path: Path, emulator: EmulatorFactory
+) -> None:
+    """`send_before` travels with the entry: a line still in its moment at enqueue but past it
+    when a worker takes it ends `expired` and never reaches the service, as with `send`;
+    lines with a later moment or none are queued once."""
+    sender = _sender()
+    emu = await emulator(v1_lists=(sender,))
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    moments = {1: soon, 2: None, 3: soon, 4: soon + timedelta(days=365)}
+    path = tmp_path / "input.ndjson"
+    with path.open("wb") as out:
+        for n, moment in moments.items():
+            line: dict[str, Any] = {"to_msisdn": f"+1415{n:07d}", "body": f"m{n}"}
+            if moment is not None:
+                line["send_before"] = moment.isoformat()
+            out.write(orjson.dumps(line) + b"\n")
+    result = await enqueue(_settings(sender), job, read_inputs([str(path)]))
+    assert result.added == 4  # nothing had expired yet
+    await asyncio.sleep((soon - datetime.now(UTC)).total_seconds() + 0.2)
+    settings = _settings(sender, emu.base_url, rate="6000/s")
+    assert await _run_worker(job, settings) == ExitCode.OK
+    outcomes = await _collected(job)
+    _check_guarantee(outcomes, read_ledger(emu.config.ledger_path), 4)
+    status = {o["line"]: o["status"] for o in outcomes}
+    assert status == {1: "expired", 2: "queued", 3: "expired", 4: "queued"}
+    assert sorted(int(r["body"][1:]) for r in read_ledger(emu.config.ledger_path)) == [2, 4]
 
 
 async def test_three_worker_processes_keep_one_rate_per_sending_number(
