@@ -535,6 +535,22 @@ class RedisJob:
 
     async def reclaim(self, stream: str, worker: str, min_idle_ms: int) -> Reclaimed:
         """Take over every entry idle for `min_idle_ms` (its worker stopped renewing)."""
+        # Our own entries whose renewal came late (a busy worker) come back to us too, and
+        # XAUTOCLAIM counts that as a delivery: note their counts first and put them back
+        # after, so `times_delivered` counts takeovers, not our own lapses (else a slow but
+        # living worker's lines reach MAX_DELIVERIES and end `failed`, never sent).
+        own_lapsed = {
+            p["message_id"]: int(p["times_delivered"])
+            for p in await self.client.xpending_range(
+                stream,
+                GROUP,
+                min="-",
+                max="+",
+                count=1_000_000,
+                consumername=worker,
+                idle=min_idle_ms,
+            )
+        }
         entries: list[tuple[bytes, bytes]] = []
         deleted: list[bytes] = []
         cursor: bytes | str = "0-0"
@@ -550,6 +566,7 @@ class RedisJob:
                 deleted.extend(reply[2])
             if cursor in (b"0-0", "0-0"):
                 break
+        await self._restore_deliveries(stream, worker, own_lapsed, entries)
         started: dict[bytes, bytes] = {}
         deliveries: dict[bytes, int] = {}
         if entries:
@@ -561,6 +578,32 @@ class RedisJob:
             )
             deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         return Reclaimed(entries, started, deleted, deliveries)
+
+    async def _restore_deliveries(
+        self,
+        stream: str,
+        worker: str,
+        counts: dict[bytes, int],
+        entries: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        """Set the delivery count of entries we claimed back from ourselves to what it was."""
+        by_count: dict[int, list[bytes]] = {}
+        for id_, _ in entries:
+            count = counts.get(id_)
+            if count is not None:
+                by_count.setdefault(count, []).append(id_)
+        for count, ids in by_count.items():
+            for start in range(0, len(ids), 1000):
+                # Min idle 0: they are ours already; JUSTID: no delivery is counted.
+                await self.client.xclaim(
+                    stream,
+                    GROUP,
+                    worker,
+                    0,
+                    ids[start : start + 1000],
+                    retrycount=count,
+                    justid=True,
+                )
 
     async def heartbeat(self, worker: str, beat: bytes) -> None:
         await self.client.hset(self.workers, worker, beat)

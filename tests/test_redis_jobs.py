@@ -27,7 +27,7 @@ from streamsend._redis_job import RedisJob, connect
 from streamsend._source import read_inputs
 from streamsend._stats import RunStats
 from streamsend._types import ExitCode
-from streamsend._worker import Worker, WorkerOptions
+from streamsend._worker import MAX_DELIVERIES, Worker, WorkerOptions
 from streamsend.testing import read_ledger
 from tests.conftest import (
     API_KEY,
@@ -136,6 +136,29 @@ async def test_workers_in_process_share_a_job_with_one_outcome_per_line(
     assert status["complete"]
     assert status["pending"] == 0
     assert sum(w["lines_done"] for w in status["workers"].values()) == 2994
+
+
+async def test_a_busy_workers_own_late_leases_are_not_counted_as_deliveries(
+    job: RedisJob, tmp_path: Path
+) -> None:
+    """A worker whose lease renewals come late claims its own entries back in its reclaim
+    round; that must not count as a delivery, or a slow but living worker's lines reach
+    MAX_DELIVERIES and end `failed` (`delivery_limit`) though never sent (seen in the
+    3-worker demo under CPU load). A takeover by another worker still counts."""
+    sender = _sender()
+    await _enqueue_numbered(job, tmp_path, 20, sender)
+    (stream,) = await job.sender_streams()
+    taken = await job.take(stream, "worker-a", 20)
+    assert len(taken) == 40  # [id, packed] per entry
+    for _ in range(MAX_DELIVERIES + 2):
+        await asyncio.sleep(0.03)
+        found = await job.reclaim(stream, "worker-a", 20)  # its own lapsed entries
+        assert len(found.entries) == 20
+        assert set(found.deliveries.values()) == {1}
+    await asyncio.sleep(0.03)
+    found = await job.reclaim(stream, "worker-b", 20)  # a takeover
+    assert len(found.entries) == 20
+    assert set(found.deliveries.values()) == {2}
 
 
 async def test_a_line_whose_moment_passed_while_in_the_job_is_expired_not_sent(
