@@ -24,7 +24,7 @@ from streamsend._csv_source import CsvColumns
 from streamsend._dedupe import Dedupe, load_sent_recipients
 from streamsend._exceptions import ConfigError
 from streamsend._expiry import Expiry
-from streamsend._models import Message, Outcome, Status, held_back
+from streamsend._models import Message, Outcome, Status, outcome_of
 from streamsend._suppress import NumberSet, Suppression, load_suppression
 from streamsend._template import Template, load_template
 from streamsend._types import LineBlock
@@ -195,13 +195,13 @@ def _take_listed(
 
 
 def _suppressed(m: Message) -> Outcome:
-    return held_back(
+    return outcome_of(
         m, Status.SUPPRESSED, "opted_out", "the recipient is on the opt-out list (--suppress)"
     )
 
 
 def _sent_before(m: Message) -> Outcome:
-    return held_back(
+    return outcome_of(
         m,
         Status.DUPLICATE,
         "sent_before",

@@ -47,7 +47,7 @@ from typing import Literal
 import orjson
 
 from streamsend._exceptions import ConfigError
-from streamsend._models import Message, Outcome, Status, held_back
+from streamsend._models import Message, Outcome, Status, outcome_of
 from streamsend._suppress import NumberSet
 from streamsend._validate import is_e164
 
@@ -173,7 +173,7 @@ class Dedupe:
         source = block.source or self._sources_of[first_block][position]
         where = f"line {line}" if source == m.source else f"line {line} of {source}"
         what = "message" if self.mode == "message" else "recipient"
-        return held_back(
+        return outcome_of(
             m,
             Status.DUPLICATE,
             "duplicate",

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import orjson
 
-from streamsend._models import Message, Outcome, Status, held_back
+from streamsend._models import Message, Outcome, Status, outcome_of
 from streamsend._types import LineBlock
 
 EXPIRED = "expired"
@@ -133,7 +133,7 @@ class Expiry:
 
 
 def expired_outcome(m: Message, attempts: int, request: int | None) -> Outcome:
-    return held_back(m, Status.EXPIRED, EXPIRED, EXPIRED_ERROR, attempts=attempts, request=request)
+    return outcome_of(m, Status.EXPIRED, EXPIRED, EXPIRED_ERROR, attempts=attempts, request=request)
 
 
 __all__ = [

@@ -88,20 +88,19 @@ class Outcome(NamedTuple):
         return orjson.loads(self.ref_json) if self.ref_json else None
 
 
-def held_back(
+def outcome_of(
     m: Message,
     status: Status,
-    code: str,
-    error: str,
+    code: str | None,
+    error: str | None,
     *,
     attempts: int = 0,
     request: int | None = None,
     duplicate_of: int | None = None,
 ) -> Outcome:
-    """The outcome of a valid message the run chose not to send (suppressed, duplicate, expired).
-
-    It keeps what the message would have been (recipient, sender, segments) so the summary,
-    the metrics and a later `--skip-sent` see it like any other outcome.
+    """The outcome of a valid message: what became of it, with what it carries (recipient,
+    sender, segments), whether it was sent (a request's answer) or held back (suppressed,
+    duplicate, expired), so the summary, the metrics and a later `--skip-sent` see them alike.
     """
     return Outcome(
         m.source,
@@ -165,20 +164,8 @@ class BatchOutcome:
         if self.rejections and index in self.rejections:
             status = Status.REJECTED
             code, error = self.rejections[index]
-        return Outcome(
-            m.source,
-            m.line,
-            status,
-            code,
-            error,
-            m.to,
-            m.ref_json,
-            self.attempts,
-            self.request,
-            self.sender,
-            m.segments,
-            m.encoding,
-        )
+        # A batch's messages all have its sending number, so m.sender is self.sender.
+        return outcome_of(m, status, code, error, attempts=self.attempts, request=self.request)
 
     def outcomes(self) -> list[Outcome]:
         return [self.outcome_at(i) for i in range(len(self.messages))]
