@@ -29,8 +29,13 @@ class Fingerprint:
 
 
 def _hashed(lines: Sequence[bytes | None]) -> bytes:
-    # A line too long to keep (None) hashes as a NUL: it is "a line too long" in both runs.
-    return b"".join((b"\0" if raw is None else raw) + b"\n" for raw in lines)
+    """The lines, each ended by a newline. A line too long to keep (None) hashes as a NUL: it
+    is "a line too long" in both runs."""
+    if not lines:
+        return b""
+    if None in lines:
+        lines = [b"\0" if raw is None else raw for raw in lines]
+    return b"\n".join(lines) + b"\n"  # type: ignore[arg-type]
 
 
 def _name(source: str) -> str:
