@@ -6,7 +6,9 @@ How data flows (one module per stage, bounded queues of batches between them):
       _formats     which format (NDJSON, CSV, TSV) and compression (gzip, zstd) it is in
       _csv_source  CSV/TSV records -> NDJSON lines, each at its record's first line
       _template    --template: each record's body rendered from its fields
-    _validate  each line -> a Message (normalised, encoded for the wire) or an `invalid` Outcome
+    _validate  each line -> a Message (normalised, encoded for the wire) or an `invalid` Outcome;
+               runs of plain lines are proved together and stay columns (_columns: a block's
+               messages field by field) to the request body, the journal and the outcomes file
     _campaign  which Messages go: sort_out -> `suppressed` (_suppress: the opt-out list),
                `duplicate` (_dedupe), `expired` (_expiry: also checked before each attempt)
     _batcher   Messages -> Batches (one sending number, <= 1,000 messages, < 5,000,000 bytes)

@@ -18,11 +18,13 @@ import io
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import aiohttp
 
+from streamsend._columns import wires_of
 from streamsend._exceptions import (
     FatalServiceError,
     LeaseLost,
@@ -161,11 +163,11 @@ class AttemptLoop:
         self._warned_deprecated = False
         self._expiry = expiry
 
-    async def deliver(self, lane: Lane, messages: tuple[Message, ...]) -> None:
+    async def deliver(self, lane: Lane, messages: Sequence[Message]) -> None:
         request = self._next_request
         self._next_request += 1
         recorder = self._recorder
-        body = self._protocol.request_body(lane.sender, [m.wire for m in messages])
+        body = self._protocol.request_body(lane.sender, wires_of(messages))
         attempts = 0
         journaled = False
         maybe_accepted = False  # some attempt may have been accepted (only with --resend-unknown)
@@ -202,7 +204,7 @@ class AttemptLoop:
                         messages = tuple(m for m in messages if m not in gone)
                         if not messages:
                             break
-                        body = self._protocol.request_body(lane.sender, [m.wire for m in messages])
+                        body = self._protocol.request_body(lane.sender, wires_of(messages))
                     if not journaled:
                         recorder.started(request, messages)
                         # Journaled from here on: a cancellation during the fsync just below

@@ -19,15 +19,15 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, count
+from itertools import accumulate, chain, count
 from operator import add, attrgetter
 
+from streamsend._columns import Columns, wires_of
 from streamsend._models import Batch, Message
 from streamsend._protocol import protocol_for
 from streamsend._types import ApiVersion
 
 _SENDER = attrgetter("sender")
-_WIRE = attrgetter("wire")
 
 MAX_BATCH_MESSAGES = 1000
 # The service refuses bodies over 5 MB with 413; "5 MB" is read strictly as 5,000,000 bytes.
@@ -39,7 +39,31 @@ class _OpenBatch:
     opened_at: float
     cap: int
     size: int  # the request body's bytes with the messages so far
-    messages: list[Message] = field(default_factory=list)
+    count: int = 0  # messages so far
+    # The messages, as the slices they were added in: Columns (the columnar path) or lists.
+    parts: list[Sequence[Message]] = field(default_factory=list)
+
+    def append(self, message: Message) -> None:
+        last = self.parts[-1] if self.parts else None
+        if type(last) is list:
+            last.append(message)
+        else:
+            self.parts.append([message])
+        self.count += 1
+
+    def extend(self, messages: Sequence[Message]) -> None:
+        self.parts.append(messages)
+        self.count += len(messages)
+
+    def messages(self) -> Sequence[Message]:
+        """One request's messages: Columns when they all came as columns of one input (the
+        hot path keeps its columns to the wire and the outcomes file), else a tuple."""
+        parts = self.parts
+        if all(type(part) is Columns for part in parts):
+            columns: list[Columns] = parts  # type: ignore[assignment]
+            if len({part.source for part in columns}) == 1:
+                return Columns.concat(columns)
+        return tuple(chain.from_iterable(parts))
 
 
 class Batcher:
@@ -83,6 +107,10 @@ class Batcher:
         sender changes or the loop ends.
         """
         ready: list[Batch] = []
+        if type(messages) is Columns:
+            if messages:
+                self._add_run(messages.sender, messages, now, ready)
+            return ready
         if messages and len(set(map(_SENDER, messages))) == 1:
             self._add_run(messages[0].sender, messages, now, ready)
             return ready
@@ -102,10 +130,10 @@ class Batcher:
             elif batch.size + wire_size >= max_bytes:
                 ready.append(self._close(sender, batch))
                 batch = self._new_batch(sender, now)
-            batch.messages.append(message)
+            batch.append(message)
             batch.size += wire_size
             self.buffered += 1
-            if len(batch.messages) >= batch.cap:
+            if batch.count >= batch.cap:
                 ready.append(self._close(sender, batch))
                 batch = None
             elif self.buffered > self.max_buffered:
@@ -133,33 +161,33 @@ class Batcher:
         open_batches = self._open
         batch = open_batches.pop(sender, None) or self._new_batch(sender, now)
         # limits[k] - limits[j]: the bytes messages[j:k] add to a batch, a comma each included.
-        sizes = accumulate(map(len, map(_WIRE, messages)), initial=0)
+        sizes = accumulate(map(len, wires_of(messages)), initial=0)
         limits = list(map(add, sizes, count()))
         total = len(messages)
         start = 0
         while start < total:
             # The furthest end such that the batch stays under the byte cap and the count cap.
             budget = self.max_body_bytes - batch.size + limits[start]
-            furthest = min(total, start + batch.cap - len(batch.messages))
+            furthest = min(total, start + batch.cap - batch.count)
             end = bisect_left(limits, budget, start, furthest + 1) - 1
             if end == start:
-                if batch.messages:  # the next message doesn't fit: this batch is full
+                if batch.count:  # the next message doesn't fit: this batch is full
                     ready.append(self._close(sender, batch))
                     batch = self._new_batch(sender, now)
                     continue
                 end = start + 1  # one message alone over the cap: validation prevents this
-            batch.messages.extend(messages[start:end])
+            batch.extend(messages[start:end])
             batch.size += limits[end] - limits[start]
             self.buffered += end - start
             start = end
-            if len(batch.messages) >= batch.cap:
+            if batch.count >= batch.cap:
                 ready.append(self._close(sender, batch))
                 batch = self._new_batch(sender, now)
             while self.buffered > self.max_buffered and open_batches:
                 # Too much waits in open batches: send the least recently filled one early.
                 oldest = next(iter(open_batches))
                 ready.append(self._close(oldest, open_batches.pop(oldest)))
-        if batch.messages:
+        if batch.count:
             open_batches[sender] = batch  # re-inserted last: the most recently filled
 
     def _new_batch(self, sender: str, now: float) -> _OpenBatch:
@@ -186,8 +214,8 @@ class Batcher:
         return ready
 
     def _close(self, sender: str, open_batch: _OpenBatch) -> Batch:
-        self.buffered -= len(open_batch.messages)
-        return Batch(sender, tuple(open_batch.messages))
+        self.buffered -= open_batch.count
+        return Batch(sender, open_batch.messages())
 
     def _cap(self, sender: str) -> int:
         # Never above max_buffered: a batch that reached the cap must close at the cap, not one

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from streamsend._columns import Columns, drop, recipient_numbers
 from streamsend._config import Settings
 from streamsend._csv_source import CsvColumns
 from streamsend._dedupe import Dedupe, load_sent_recipients
@@ -159,8 +160,9 @@ class Campaign:
             or self.expiry.expire_after is not None
         )
 
-    def sort_out(self, messages: list[Message], block: LineBlock) -> list[Outcome]:
-        """Take the messages that don't go out of `messages`; return their outcomes."""
+    def sort_out(self, messages: list[Message] | Columns, block: LineBlock) -> list[Outcome]:
+        """Take the messages that don't go out of `messages` (in place); return their
+        outcomes."""
         settled: list[Outcome] = []
         if self.suppression is not None:
             settled += _take_listed(messages, self.suppression.numbers, _suppressed)
@@ -182,15 +184,16 @@ class Campaign:
 
 
 def _take_listed(
-    messages: list[Message], numbers: NumberSet, outcome: Callable[[Message], Outcome]
+    messages: list[Message] | Columns,
+    numbers: NumberSet,
+    outcome: Callable[[Message], Outcome],
 ) -> list[Outcome]:
     has = numbers.has_digits
-    listed = [i for i, m in enumerate(messages) if has(int(m.to[1:]))]
+    listed = [i for i, number in enumerate(recipient_numbers(messages)) if has(number)]
     if not listed:
         return []
     outcomes = [outcome(messages[i]) for i in listed]
-    taken = set(listed)
-    messages[:] = [m for i, m in enumerate(messages) if i not in taken]
+    drop(messages, set(listed))
     return outcomes
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
@@ -46,6 +46,7 @@ from typing import Literal
 
 import orjson
 
+from streamsend._columns import Columns, drop, lines_of, recipients_of, wires_of
 from streamsend._exceptions import ConfigError
 from streamsend._models import Message, Outcome, Status, outcome_of
 from streamsend._suppress import NumberSet
@@ -54,7 +55,11 @@ from streamsend._validate import is_e164
 DedupeMode = Literal["message", "recipient", "off"]
 DEFAULT_WINDOW = 1 << 18
 _KEY_OF = {"message": itemgetter(4), "recipient": itemgetter(2)}  # Message.wire, Message.to
-_LINE_OF = itemgetter(1)  # Message.line
+# The same keys for a whole block, from Columns or a list alike.
+_KEYS_OF: dict[str, Callable[[Sequence[Message]], Sequence[bytes | str]]] = {
+    "message": wires_of,
+    "recipient": recipients_of,
+}
 
 
 @dataclass(slots=True)
@@ -79,6 +84,7 @@ class Dedupe:
         self.mode = mode
         self.window = window
         self._key_of = _KEY_OF[mode]
+        self._keys_of = _KEYS_OF[mode]
         # hash -> the number of the block it was first seen in. One shared int per block, not
         # one object per message: the line is looked up in the block only for a copy.
         self._current: dict[int, int] = {}
@@ -94,7 +100,7 @@ class Dedupe:
         """How many messages are remembered now."""
         return len(self._current) + len(self._previous)
 
-    def sort_out(self, messages: list[Message]) -> list[Outcome]:
+    def sort_out(self, messages: list[Message] | Columns) -> list[Outcome]:
         """Take the copies out of `messages` (in order) and return their `duplicate` outcomes;
         remember the others.
 
@@ -105,7 +111,7 @@ class Dedupe:
         """
         if not messages:
             return []
-        hashes = list(map(hash, map(self._key_of, messages)))
+        hashes = list(map(hash, self._keys_of(messages)))
         current = self._current
         if current and len(current) + len(hashes) > self.window:
             self._rotate()
@@ -137,20 +143,23 @@ class Dedupe:
                         current[key] = number
                         continue
                 copies.append((index, first))
-        source = messages[0].source
-        if messages[-1].source != source:  # a block spanning inputs (they're read in turn)
-            self._sources_of[number] = [m.source for m in messages]
-            source = ""
-        first_line = messages[0].line
-        consecutive = messages[-1].line - first_line == len(messages) - 1
-        lines = None if consecutive else array("q", map(_LINE_OF, messages))
+        if type(messages) is Columns:
+            source = messages.source
+        else:
+            source = messages[0].source
+            if messages[-1].source != source:  # a block spanning inputs (read in turn)
+                self._sources_of[number] = [m.source for m in messages]
+                source = ""
+        numbers = lines_of(messages)
+        first_line = numbers[0]
+        consecutive = numbers[-1] - first_line == len(numbers) - 1
+        lines = None if consecutive else array("q", numbers)
         self._blocks[number] = _Block(source, hashes, first_line, lines)
         self._current_blocks.append(number)
         if not copies:
             return []
         outcomes = [self._duplicate(messages[index], first) for index, first in copies]
-        taken = {index for index, _ in copies}
-        messages[:] = [m for index, m in enumerate(messages) if index not in taken]
+        drop(messages, {index for index, _ in copies})
         return outcomes
 
     def remember(self, messages: Sequence[Message]) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime
 
 import orjson
 
+from streamsend._columns import Columns, drop, lines_of
 from streamsend._models import Message, Outcome, Status, outcome_of
 from streamsend._types import LineBlock
 
@@ -84,28 +85,31 @@ class Expiry:
         self._clock = clock
         self._deadlines: dict[tuple[str, int], float] = {}
 
-    def sort_out(self, messages: list[Message], block: LineBlock) -> list[Outcome]:
-        """Note each message's moment; those already past it leave `messages` as outcomes."""
+    def sort_out(self, messages: list[Message] | Columns, block: LineBlock) -> list[Outcome]:
+        """Note each message's moment; those already past it leave `messages` (in place) as
+        outcomes."""
         deadlines = block.deadlines
         if not deadlines and self.expire_after is None:
             return []
         now = self._clock()
         read_by = None if self.expire_after is None else now + self.expire_after
-        kept: list[Message] = []
         expired: list[Outcome] = []
+        gone: set[int] = set()
         store = self._deadlines
-        for m in messages:
-            moment = deadlines.get(m.line) if deadlines else None
+        lines = lines_of(messages)
+        one_source = messages.source if type(messages) is Columns else None
+        for i, line in enumerate(lines):
+            moment = deadlines.get(line) if deadlines else None
             if read_by is not None and (moment is None or read_by < moment):
                 moment = read_by
             if moment is None:
-                kept.append(m)
-            elif moment <= now:
-                expired.append(expired_outcome(m, 0, None))
+                continue
+            if moment <= now:
+                expired.append(expired_outcome(messages[i], 0, None))
+                gone.add(i)
             else:
-                store[m.source, m.line] = moment
-                kept.append(m)
-        messages[:] = kept
+                store[one_source or messages[i].source, line] = moment
+        drop(messages, gone)
         return expired
 
     def moment_of(self, m: Message) -> float | None:

@@ -26,6 +26,7 @@ from enum import IntEnum
 
 import orjson
 
+from streamsend._columns import Columns, line_runs
 from streamsend._durable import GroupSync, cut_torn_line
 from streamsend._fingerprint import Fingerprint
 from streamsend._models import DELIBERATE_STATUSES, FINAL_STATUSES, Message, Status
@@ -42,6 +43,8 @@ def line_ranges(messages: Sequence[Message]) -> dict[str, list[list[int]]]:
     """Compress a batch's line numbers into [first, last] runs per source."""
     if not messages:
         return {}
+    if type(messages) is Columns:  # one source: its runs straight from the line column
+        return {messages.source: line_runs(messages)}
     first, last = messages[0], messages[-1]
     # The usual batch: consecutive lines of one input. Lines of a source only increase within a
     # batch and inputs are read one after another (the CLI refuses an input named twice), so

@@ -121,10 +121,13 @@ def outcome_of(
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """The messages of one request: one sender, at most 1,000 messages, under 5,000,000 bytes."""
+    """The messages of one request: one sender, at most 1,000 messages, under 5,000,000 bytes.
+
+    `messages` is a tuple, or `_columns.Columns` on the columnar path (the same Messages when
+    indexed or iterated)."""
 
     sender: str
-    messages: tuple[Message, ...]
+    messages: Sequence[Message]
 
     def __len__(self) -> int:
         return len(self.messages)

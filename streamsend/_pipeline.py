@@ -20,6 +20,7 @@ from typing import Any
 from streamsend._attempts import Backoff
 from streamsend._batcher import Batcher
 from streamsend._campaign import Campaign, source_refusals
+from streamsend._columns import Columns
 from streamsend._config import Settings
 from streamsend._dispatch import Dispatcher, DispatchSettings
 from streamsend._fingerprint import InputFingerprints
@@ -65,7 +66,10 @@ class Pipeline:
         rng: random.Random | None = None,
         campaign: Campaign | None = None,
         fingerprints: InputFingerprints | None = None,
+        columnar: bool = True,
     ) -> None:
+        """`columnar=False` validates and batches every line as its own Message (the per-line
+        path, which the tests compare the columnar path against)."""
         self.settings = settings
         self.stats = stats or RunStats()
         self._source = source
@@ -79,6 +83,7 @@ class Pipeline:
             api_version=settings.api_version,
             default_sender=settings.sender,
             max_line_bytes=settings.max_line_bytes,
+            columnar=columnar,
         )
         send_gate = None
         if limiter is None:
@@ -250,27 +255,30 @@ class Pipeline:
 
         With `hold`, keep them instead: a resumed input is not trusted until it has been read as
         far as the earlier run read it (see `_fingerprint`), and nothing of it may go before."""
+        columns: Columns | None = None  # the default sender's messages, on the columnar path
         messages: list[Message] = []
         others: list[Outcome] = []  # invalid lines, and lines a crashed run left in flight
         if self._resume is None:
-            self._validator.validate_lines(
-                block.source, block.first_line, block.lines, messages, others
+            columns, messages = self._validator.validate_block(
+                block.source, block.first_line, block.lines, others
             )
             if block.errors:
                 others.extend(source_refusals(block))
             if self._sorts_out or block.deadlines:
-                others.extend(self._campaign.sort_out(messages, block))
+                others.extend(self._campaign.sort_out(columns or messages, block))
         else:
             self._take_resumed_lines(block, messages, others)
         stats = self.stats
         stats.input_bytes_read += block.nbytes
-        stats.lines_read += len(messages) + len(others)
+        stats.lines_read += len(messages) + len(others) + (len(columns) if columns else 0)
         if hold:
+            self._held_messages.extend(columns or ())
             self._held_messages.extend(messages)
             self._held_others.extend(others)
             return
         if self._held_messages or self._held_others:
-            messages = [*self._held_messages, *messages]
+            messages = [*self._held_messages, *(columns or ()), *messages]
+            columns = None
             others = [*self._held_others, *others]
             self._held_messages.clear()
             self._held_others.clear()
@@ -283,7 +291,11 @@ class Pipeline:
         # linger must not send a partly filled batch then (see _flush_lingering).
         self._reader_waiting = True
         try:
-            await self._submit_all(self._batcher.add_many(messages, time.monotonic()))
+            now = time.monotonic()
+            batches = self._batcher.add_many(columns, now) if columns else []
+            if messages:
+                batches += self._batcher.add_many(messages, now)
+            await self._submit_all(batches)
         finally:
             self._reader_waiting = False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from streamsend._columns import segments_total
 from streamsend._exceptions import FatalServiceError, MaybeSent, SendError
 from streamsend._expiry import EXPIRED, EXPIRED_ERROR
 from streamsend._models import BatchOutcome, Message, Status
@@ -129,7 +130,7 @@ class Recorder:
                 messages, Status.QUEUED, request, attempts, sender, rejections=rejections or None
             )
         )
-        self._stats.segments_sent += sum([m.segments for m in messages])
+        self._stats.segments_sent += segments_total(messages)
         return None
 
     def failed(
