@@ -95,8 +95,8 @@ def add_sorting_arguments(p: argparse.ArgumentParser) -> None:
         "--dedupe-window",
         type=int,
         metavar="N",
-        help="distinct messages --dedupe remembers at least (default 1048576; 32 bytes each, "
-        "at most twice that many)",
+        help="distinct messages --dedupe remembers at least (default 262144; about 120 bytes "
+        "of memory each, at most twice that many)",
     )
     p.add_argument(
         "--skip-sent",

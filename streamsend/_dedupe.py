@@ -13,15 +13,19 @@ duplicate of the same first line.
 
 Memory stays bounded on an endless stream: each message is kept as a 64-bit hash in a dict
 whose value is the number of the block it came in (one shared int per block, the line is
-looked up in the block only for a copy): about 70 bytes a message. Messages are kept in
+looked up in the block only for a copy): about 90 bytes a message on the heap (the int 40,
+the dict's entry 40 when full, the block's list 8), about 120 bytes of RSS with the
+allocator's slack. Messages are kept in
 generations of `window`; when the current generation is full, the one before it is dropped. So
 a copy is caught when its first line is among the last `window` (default 2^18 = 262,144)
 distinct messages, often up to twice that, and memory is at most two full generations, about
-40 MB by default (measured: peak RSS +60 MiB with the allocator's slack, the same after 0.6M
-and 3M messages; `benchmarks/campaign_memory.py`), whatever the length of the stream
-(`--dedupe-window` trades one for the other). False positives: two different messages share
-a 64-bit hash with probability 2^-64, so a message is wrongly taken for a copy with
-probability at most 2·window/2^64 ≈ 2.8e-14 (one in 3.5·10^13 messages).
+50 MB by default (measured on whole runs: peak RSS +55 to +67 MiB over `--dedupe off`, flat
+from about 0.5M messages on; `benchmarks/campaign_memory.py`), whatever the length of the
+stream (`--dedupe-window` trades one for the other; the default is `_config.DEDUPE_WINDOW`,
+which once said 2^20 while this said 2^18: peak RSS +225 MiB at 5M messages). False
+positives: two different messages share a 64-bit hash with probability 2^-64, so a message is
+wrongly taken for a copy with probability at most 2·window/2^64 ≈ 2.8e-14 (one in 3.5·10^13
+messages).
 
 Why a dict of Python ints and not a compact table (16 bytes a message in an `array`): the
 usual block is settled by `isdisjoint` and `update` in C, about 0.2 µs a message with the
@@ -47,13 +51,14 @@ from typing import Literal
 import orjson
 
 from streamsend._columns import Columns, drop, lines_of, recipients_of, wires_of
+from streamsend._config import DEDUPE_WINDOW
 from streamsend._exceptions import ConfigError
 from streamsend._models import Message, Outcome, Status, outcome_of
 from streamsend._suppress import NumberSet
 from streamsend._validate import is_e164
 
 DedupeMode = Literal["message", "recipient", "off"]
-DEFAULT_WINDOW = 1 << 18
+DEFAULT_WINDOW = DEDUPE_WINDOW  # the one default, in _config
 _KEY_OF = {"message": itemgetter(4), "recipient": itemgetter(2)}  # Message.wire, Message.to
 # The same keys for a whole block, from Columns or a list alike.
 _KEYS_OF: dict[str, Callable[[Sequence[Message]], Sequence[bytes | str]]] = {
