@@ -39,6 +39,7 @@ from benchmarks._scenarios import (
     throughput,
     trickle,
 )
+from benchmarks._targets import check_targets
 
 BENCH_DIR = Path(__file__).resolve().parent
 # memory is standard: issue 12's "peak RSS flat in input size" is one of the targets every run
@@ -204,6 +205,7 @@ def run_benchmarks(plan: Plan, scenarios: list[str], results_dir: Path) -> dict[
         summary["seconds"] = round(time.monotonic() - scenario_started, 1)
         results["scenarios"][name] = summary
         raw[name] = records
+    results["targets"] = check_targets(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

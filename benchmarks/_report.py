@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks._targets import MISSED, NOT_MEASURED, check_targets
+
 THROUGHPUT_SCENARIOS = ("loopback", "wan")
 
 
@@ -147,7 +149,51 @@ def format_table(results: dict[str, Any]) -> str:
         )
     if "scaleout" in scenarios:
         out += _scaleout_table(scenarios["scaleout"])
+    targets = results.get("targets")
+    out += _targets_table(check_targets(results) if targets is None else targets)
     return "\n".join(out) + "\n"
+
+
+def _targets_table(targets: list[dict[str, Any]]) -> list[str]:
+    """One line per target of issue 12: this run's figure, the target, met or by how much not."""
+    out = ["\ntargets (issue 12), figures from this run, baselines measured alongside:"]
+    width = max((len(t["name"]) for t in targets), default=0)
+    for target in targets:
+        op, unit = target["op"], target["unit"]
+        bound = ("±" if op == "±" else f"{op} ") + _in_unit(target["bound"], unit)
+        measured = target["measured"]
+        status = target["status"]
+        if status == NOT_MEASURED:
+            verdict = f"{NOT_MEASURED} ({target['note']})"
+        elif status == MISSED:
+            relative = abs(target["missed_by"] / target["bound"]) if target["bound"] else 0
+            verdict = f"{MISSED} by {_in_unit(target['missed_by'], unit)} ({relative:.0%} " + (
+                "short of it)" if op == ">=" else "over it)"
+            )
+        else:
+            verdict = status
+        if target["note"] and status != NOT_MEASURED:
+            verdict += f"; {target['note']}"
+        shown = (
+            "-"
+            if measured is None
+            else _in_unit(measured, unit, signed=op == "±" or unit == "batches")
+        )
+        out.append(f"  {target['name']:<{width}}  {shown:>13}  target {bound:<14} {verdict}")
+    return out
+
+
+def _in_unit(value: float, unit: str, *, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    if unit == "×":
+        return f"{value:{sign}.2f}×"
+    if unit == "s":
+        return f"{value:{sign}.3f} s"
+    if unit == "%":
+        return f"{value:{sign}.2f}%"
+    if unit == "batches":
+        return f"{value:{sign}.2f} batches"
+    return f"{value:{sign}.1f} {unit}"
 
 
 def _scaleout_table(scaleout: dict[str, Any]) -> list[str]:
