@@ -1,4 +1,4 @@
-"""The results: a table on stdout, the summary JSON and the chart.
+"""The results: a table on stdout (ending with issue 12's targets), the summary JSON and the chart.
 
 `benchmarks/results/latest.json` holds the summary of the latest run (per tool and scenario:
 median [min–max] of the checked runs, plus each run's figures); raw data (request latencies,
@@ -282,7 +282,8 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 
 def write_chart(results: dict[str, Any], path: Path) -> None:
-    """Bars of msgs/s (min–max error bars) and CPU µs/msg per tool, for loopback and wan."""
+    """Bars of msgs/s (min–max error bars) and CPU µs/msg per tool, for loopback and wan; with
+    the memory scenario, a third panel: streamsend's peak RSS on the small and the large input."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,7 +293,12 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     tools: list[str] = []
     for name in scenarios:
         tools += [t for t in results["scenarios"][name]["tools"] if t not in tools]
-    figure, (rate_axes, cpu_axes) = plt.subplots(1, 2, figsize=(12, 4.8))
+    memory = results["scenarios"].get("memory")
+    panels = 3 if memory else 2
+    figure, axes_row = plt.subplots(
+        1, panels, figsize=(12 + 3 * (panels - 2), 4.8), width_ratios=[2, 2, 1][:panels]
+    )
+    rate_axes, cpu_axes = axes_row[0], axes_row[1]
     width = 0.8 / max(len(tools), 1)
     for index, tool in enumerate(tools):
         positions = [s + (index - (len(tools) - 1) / 2) * width for s in range(len(scenarios))]
@@ -318,6 +324,8 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     cpu_axes.set_ylabel("client CPU µs per message (median)")
     cpu_axes.set_title("Client CPU per message (user + sys, whole process)")
     rate_axes.legend(fontsize=8)
+    if memory:
+        _memory_panel(axes_row[2], memory)
     machine = results["machine"]
     commit = results["git"]["commit"][:10]
     figure.suptitle(
@@ -329,3 +337,15 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _memory_panel(axes: Any, memory: dict[str, Any]) -> None:
+    labels = [f"{memory['small_lines']:,}\nlines", f"{memory['large_lines']:,}\nlines"]
+    bars = axes.bar(
+        labels, [memory["small_peak_rss_mib"], memory["large_peak_rss_mib"]], 0.6, color="C0"
+    )
+    axes.bar_label(bars, fmt="%.0f MiB", padding=2, fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_ylabel("streamsend peak RSS, MiB")
+    ratio = memory["ratio"]
+    axes.set_title("Peak RSS by input size" + ("" if ratio is None else f" (×{ratio:.3f})"))
