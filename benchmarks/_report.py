@@ -1,4 +1,4 @@
-"""The results: a table on stdout, the summary JSON and the chart.
+"""The results: a table on stdout (ending with issue 12's targets), the summary JSON and the chart.
 
 `benchmarks/results/latest.json` holds the summary of the latest run (per tool and scenario:
 median [min–max] of the checked runs, plus each run's figures); raw data (request latencies,
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from benchmarks._targets import MISSED, NOT_MEASURED, check_targets
 
 THROUGHPUT_SCENARIOS = ("loopback", "wan")
 
@@ -147,7 +149,51 @@ def format_table(results: dict[str, Any]) -> str:
         )
     if "scaleout" in scenarios:
         out += _scaleout_table(scenarios["scaleout"])
+    targets = results.get("targets")
+    out += _targets_table(check_targets(results) if targets is None else targets)
     return "\n".join(out) + "\n"
+
+
+def _targets_table(targets: list[dict[str, Any]]) -> list[str]:
+    """One line per target of issue 12: this run's figure, the target, met or by how much not."""
+    out = ["\ntargets (issue 12), figures from this run, baselines measured alongside:"]
+    width = max((len(t["name"]) for t in targets), default=0)
+    for target in targets:
+        op, unit = target["op"], target["unit"]
+        bound = ("±" if op == "±" else f"{op} ") + _in_unit(target["bound"], unit)
+        measured = target["measured"]
+        status = target["status"]
+        if status == NOT_MEASURED:
+            verdict = f"{NOT_MEASURED} ({target['note']})"
+        elif status == MISSED:
+            relative = abs(target["missed_by"] / target["bound"]) if target["bound"] else 0
+            verdict = f"{MISSED} by {_in_unit(target['missed_by'], unit)} ({relative:.0%} " + (
+                "short of it)" if op == ">=" else "over it)"
+            )
+        else:
+            verdict = status
+        if target["note"] and status != NOT_MEASURED:
+            verdict += f"; {target['note']}"
+        shown = (
+            "-"
+            if measured is None
+            else _in_unit(measured, unit, signed=op == "±" or unit == "batches")
+        )
+        out.append(f"  {target['name']:<{width}}  {shown:>13}  target {bound:<14} {verdict}")
+    return out
+
+
+def _in_unit(value: float, unit: str, *, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    if unit == "×":
+        return f"{value:{sign}.2f}×"
+    if unit == "s":
+        return f"{value:{sign}.3f} s"
+    if unit == "%":
+        return f"{value:{sign}.2f}%"
+    if unit == "batches":
+        return f"{value:{sign}.2f} batches"
+    return f"{value:{sign}.1f} {unit}"
 
 
 def _scaleout_table(scaleout: dict[str, Any]) -> list[str]:
@@ -236,7 +282,8 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 
 def write_chart(results: dict[str, Any], path: Path) -> None:
-    """Bars of msgs/s (min–max error bars) and CPU µs/msg per tool, for loopback and wan."""
+    """Bars of msgs/s (min–max error bars) and CPU µs/msg per tool, for loopback and wan; with
+    the memory scenario, a third panel: streamsend's peak RSS on the small and the large input."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,7 +293,12 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     tools: list[str] = []
     for name in scenarios:
         tools += [t for t in results["scenarios"][name]["tools"] if t not in tools]
-    figure, (rate_axes, cpu_axes) = plt.subplots(1, 2, figsize=(12, 4.8))
+    memory = results["scenarios"].get("memory")
+    panels = 3 if memory else 2
+    figure, axes_row = plt.subplots(
+        1, panels, figsize=(12 + 3 * (panels - 2), 4.8), width_ratios=[2, 2, 1][:panels]
+    )
+    rate_axes, cpu_axes = axes_row[0], axes_row[1]
     width = 0.8 / max(len(tools), 1)
     for index, tool in enumerate(tools):
         positions = [s + (index - (len(tools) - 1) / 2) * width for s in range(len(scenarios))]
@@ -272,6 +324,8 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     cpu_axes.set_ylabel("client CPU µs per message (median)")
     cpu_axes.set_title("Client CPU per message (user + sys, whole process)")
     rate_axes.legend(fontsize=8)
+    if memory:
+        _memory_panel(axes_row[2], memory)
     machine = results["machine"]
     commit = results["git"]["commit"][:10]
     figure.suptitle(
@@ -283,3 +337,15 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _memory_panel(axes: Any, memory: dict[str, Any]) -> None:
+    labels = [f"{memory['small_lines']:,}\nlines", f"{memory['large_lines']:,}\nlines"]
+    bars = axes.bar(
+        labels, [memory["small_peak_rss_mib"], memory["large_peak_rss_mib"]], 0.6, color="C0"
+    )
+    axes.bar_label(bars, fmt="%.0f MiB", padding=2, fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_ylabel("streamsend peak RSS, MiB")
+    ratio = memory["ratio"]
+    axes.set_title("Peak RSS by input size" + ("" if ratio is None else f" (×{ratio:.3f})"))

@@ -440,6 +440,9 @@ def paced(plan: Plan, input_path: Path, messages: int) -> tuple[dict[str, Any], 
         "achieved_per_s": _rounded(analysis.spread(r.extra["achieved_per_s"] for r in ok), 1),
         "error_pct": _rounded(analysis.spread(r.extra["error_pct"] for r in ok), 3),
         "max_excess_batches": max((r.extra["max_excess_batches"] for r in ok), default=None),
+        # The batch the excess is counted in (the largest request seen): with the rate, it
+        # gives the bound "one batch plus 5 ms of the rate" in batches.
+        "batch_messages": max((int(r.extra["batch_messages"]) for r in ok), default=None),
         "cpu_us_per_message": _rounded(analysis.spread(r.cpu_us_per_message for r in ok), 3),
         "method": (
             "ledger arrival times; steady state leaves out the first and last second; rate = "

@@ -1,7 +1,8 @@
 """The benchmark harness's pieces run and produce well-formed results (behaviour, never timing).
 
-One tiny end-to-end run (loopback, paced and trickle on ~2,000 messages, one round each) against
-a real emulator process, plus the analysis functions on made-up numbers whose answers are known.
+One tiny end-to-end run (loopback, paced, trickle, startup and memory on ~2,000 messages, one
+round each) against a real emulator process, plus the analysis functions and the targets of
+issue 12 on made-up numbers whose answers are known.
 No assertion here depends on how fast anything ran.
 """
 
@@ -21,6 +22,7 @@ from benchmarks._analysis import Arrival, arrivals_from_ledger, paced_accuracy, 
 from benchmarks._process import run_measured
 from benchmarks._profile import parse_collapsed, render
 from benchmarks._scenarios import Plan
+from benchmarks._targets import check_targets
 from benchmarks._tools import Tool, check_run
 
 
@@ -45,7 +47,9 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         timeout_s=120,
         log=lambda line: None,
     )
-    results = run_benchmarks(plan, ["loopback", "paced", "trickle", "startup"], root / "results")
+    results = run_benchmarks(
+        plan, ["loopback", "paced", "trickle", "startup", "memory"], root / "results"
+    )
     results["_root"] = str(root)
     return results
 
@@ -199,3 +203,85 @@ def test_peak_rss_is_the_childs_own(tmp_path: Path) -> None:
     )
     assert child.exit_code == 0
     assert child.max_rss_kib < 100 * 1024 < len(ballast) // 1024
+
+
+def test_results_list_every_target_of_issue_12(tiny_results: dict[str, Any]) -> None:
+    """The run's results hold the targets: those of the scenarios it ran have a figure, the
+    others (wan, capped) are "not measured"; the table ends with them."""
+    targets = tiny_results["targets"]
+    assert len(targets) == 11
+    for target in targets:
+        if target["scenario"] in ("wan", "capped"):
+            assert target["status"] == "not measured", target
+        else:
+            assert target["measured"] is not None, target
+            assert target["status"] in ("met", "MISSED"), target
+    table = report.format_table(tiny_results)
+    assert "\nmemory: streamsend peak RSS" in table
+    assert table.rstrip().splitlines()[-1].startswith("  startup: one-line send")
+
+
+def _made_up_results() -> dict[str, Any]:
+    streamsend = {"cpu_us_per_message": {"median": 3.0}}
+    minimal = {"cpu_us_per_message": {"median": 4.0}}
+    return {
+        "mode": "full",
+        "scenarios": {
+            "loopback": {
+                "messages": 1_000_000,
+                "tools": {"streamsend": streamsend, "minimal_asyncio": minimal},
+                "streamsend_vs": {"minimal_asyncio": {"throughput_ratio_of_medians": 1.6}},
+            },
+            "paced": {
+                "target_per_s": 20_000,
+                "batch_messages": 1_000,
+                "error_pct": {"median": -1.2},
+                "max_excess_batches": 1.08,
+            },
+            "trickle": {"linger_ms": 100, "bound_ms": 150, "line_latency_ms": {"p99": 174.0}},
+            "memory": {"small_lines": 500_000, "large_lines": 5_000_000, "ratio": 1.045},
+            "startup": {
+                "targets": {"help_cpu_s": 0.15, "send_first_request_s": 0.35},
+                "rows": {
+                    "streamsend --help": {"cpu_s": {"median": 0.6}},
+                    "streamsend send": {"to_first_request_s": None},  # every round failed
+                },
+            },
+        },
+    }
+
+
+def test_targets_met_missed_and_not_measured() -> None:
+    """Made-up figures: each target is met, missed by the right amount, or not measured."""
+    targets = {t["name"]: t for t in check_targets(_made_up_results())}
+    status = {name: (t["status"], t["missed_by"]) for name, t in targets.items()}
+    assert status["loopback 1M row: throughput ÷ minimal_asyncio"] == ("met", None)
+    assert status["loopback 1M row: client CPU/msg ÷ minimal_asyncio"] == ("MISSED", 0.08)
+    assert status["paced --rate 20,000/s: steady rate error"] == ("MISSED", 0.2)
+    # one batch of 1,000 plus 5 ms of 20,000/s (100 messages): 1.1 batches above the rate
+    assert targets["paced: worst 1 s window above the rate"]["bound"] == pytest.approx(1.1)
+    assert status["paced: worst 1 s window above the rate"] == ("met", None)
+    assert status["trickle --linger-ms 100: line to wire p99"] == ("MISSED", 24.0)
+    assert status["memory: peak RSS 5,000,000 / 500,000 lines"] == ("met", None)
+    assert status["startup: --help CPU"] == ("MISSED", 0.45)
+    # the startup scenario ran, but no send reached the emulator: nothing to compare
+    assert status["startup: one-line send to first request"] == ("not measured", None)
+    assert targets["startup: one-line send to first request"]["note"] == "no checked run"
+    for name in (  # wan and capped did not run
+        "wan: throughput ÷ minimal_asyncio",
+        "capped: 429 share after the first 5 s",
+        "capped: throughput after 5 s ÷ minimal_asyncio_4",
+    ):
+        assert targets[name]["status"] == "not measured", name
+        assert "did not run" in targets[name]["note"]
+
+
+def test_targets_table_says_by_how_much() -> None:
+    """The table's targets section shows each shortfall and what was not measured."""
+    results = {"scenarios": {}, "targets": check_targets(_made_up_results())}
+    section = report.format_table(results).split("targets (issue 12)", 1)[1]
+    assert "MISSED by 0.08×" in section
+    assert "MISSED by 24.0 ms" in section
+    assert "not measured (the wan scenario did not run)" in section
+    assert "not measured (no checked run)" in section
+    assert len(section.strip().splitlines()) == 12  # the heading and one line per target
