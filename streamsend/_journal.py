@@ -28,7 +28,7 @@ import orjson
 
 from streamsend._columns import Columns, line_runs
 from streamsend._durable import GroupSync, cut_torn_line
-from streamsend._fingerprint import Fingerprint
+from streamsend._fingerprint import ALGORITHMS, Fingerprint
 from streamsend._models import DELIBERATE_STATUSES, FINAL_STATUSES, Message, Status
 
 
@@ -103,7 +103,7 @@ class FileJournal:
                     "input": source,
                     "lines": fingerprint.lines,
                     "bytes": fingerprint.nbytes,
-                    "blake2b": fingerprint.digest,
+                    fingerprint.algorithm: fingerprint.digest,
                 }
             )
             + b"\n",
@@ -245,12 +245,9 @@ class ResumeState:
         return resume
 
     def _note_input(self, record: dict[str, object]) -> None:
-        source, lines, nbytes, digest = (
-            record.get("input"),
-            record.get("lines"),
-            record.get("bytes"),
-            record.get("blake2b"),
-        )
+        source, lines, nbytes = record.get("input"), record.get("lines"), record.get("bytes")
+        algorithm = next((name for name in ALGORITHMS if name in record), ALGORITHMS[0])
+        digest = record.get(algorithm)
         if not (
             isinstance(source, str)
             and isinstance(lines, int)
@@ -260,7 +257,7 @@ class ResumeState:
             return
         known = self.inputs.get(source)
         if known is None or lines > known.lines:
-            self.inputs[source] = Fingerprint(lines, nbytes, digest)
+            self.inputs[source] = Fingerprint(lines, nbytes, digest, algorithm)
 
     def _records(self, path: str) -> Iterator[dict[str, object]]:
         with open(path, "rb") as file:

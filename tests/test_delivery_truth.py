@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -26,11 +27,14 @@ import pytest
 from aiohttp import web
 
 from streamsend._config import Settings
+from streamsend._exceptions import InputError
+from streamsend._fingerprint import InputFingerprints
+from streamsend._journal import FileJournal, ResumeState
 from streamsend._outcomes import MemorySink
 from streamsend._pacing import parse_rate
 from streamsend._pipeline import Pipeline
 from streamsend._source import read_inputs
-from streamsend._types import ExitCode
+from streamsend._types import ExitCode, LineBlock
 from streamsend.testing import API_KEY, V1_LIST, EmulatorFactory
 from tests.conftest import (
     RecordingLog,
@@ -421,6 +425,32 @@ async def test_resume_refuses_an_input_that_changed(
     code, stderr = await send(original, "--base-url", emu.base_url, "--resume")
     assert code == ExitCode.OK, stderr
     _check_every_line_once(tmp_path / "out.ndjson", emu.ledger_path, 300)
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "blake2b"])
+def test_a_journal_names_its_fingerprints_digest_and_a_resume_uses_it(
+    tmp_path: Path, algorithm: str
+) -> None:
+    """Journals name the digest of each input's fingerprint: SHA-256 now, blake2b in journals
+    written before 2026-12-02. A resume reads either and hashes the input the same way: the
+    same lines pass, other lines are refused."""
+    lines: list[bytes | None] = [b'{"to_msisdn":"+14155550100","body":"m%d"}' % n for n in range(9)]
+    content = b"".join(line + b"\n" for line in lines if line is not None)
+    if algorithm == "sha256":  # what this version writes
+        journal = FileJournal(str(tmp_path / "j"), fsync=False)
+        InputFingerprints(record=journal.record_input).observe(LineBlock("in", 1, lines, 99))
+        journal.close()
+    else:  # what an earlier version wrote
+        digest = hashlib.blake2b(content, digest_size=16).hexdigest()
+        record = {"input": "in", "lines": 9, "bytes": 99, "blake2b": digest}
+        (tmp_path / "j").write_bytes(orjson.dumps(record) + b"\n")
+    assert algorithm.encode() in (tmp_path / "j").read_bytes()
+    expected = ResumeState.load(None, str(tmp_path / "j"), resend_unknown=False).inputs
+    assert expected["in"].algorithm == algorithm
+    InputFingerprints(record=None, expected=expected).observe(LineBlock("in", 1, lines, 99))
+    other = [*lines[:8], b"changed"]
+    with pytest.raises(InputError, match="is not the input the earlier run read"):
+        InputFingerprints(record=None, expected=expected).observe(LineBlock("in", 1, other, 99))
 
 
 async def test_a_resumes_exit_code_covers_the_whole_file(
