@@ -15,7 +15,8 @@ How data flows (one module per stage, bounded queues of batches between them):
     _dispatch  Batches -> HTTP requests (aiohttp), in three parts:
       _lanes     per sending number: queue, pacing (_pacing), 429 pause; shared request slots
                  (_concurrency: fixed, or adapted to latency and 429/503 answers)
-      _attempts  one request and its retries: what each answer proves (_protocol)
+      _attempts  one request and its retries: what each answer proves (_protocol); aiohttp
+                 comes from _http, imported without loading the CA store twice
       _recorder  each request's journal records, outcomes and stats
     _outcomes  every Message and invalid line -> exactly one Outcome record
     _journal   write-ahead record of what each request carries, for crash-safe --resume

@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import aiohttp
-
 from streamsend._columns import wires_of
 from streamsend._exceptions import (
     FatalServiceError,
@@ -36,6 +34,7 @@ from streamsend._exceptions import (
     map_transport_error,
 )
 from streamsend._expiry import Expiry
+from streamsend._http import aiohttp
 from streamsend._lanes import Lane, Lanes
 from streamsend._models import Message
 from streamsend._protocol import Accepted, WireProtocol

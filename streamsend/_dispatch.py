@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from streamsend._attempts import Abort, AttemptLoop, Backoff, mark_transmitted
 from streamsend._concurrency import DEFAULT_MAX_CONCURRENCY, ConcurrencyLimit
 from streamsend._exceptions import ConfigError, FatalServiceError
 from streamsend._expiry import Expiry
+from streamsend._http import aiohttp, load_deferred_cas
 from streamsend._lanes import Lane, Lanes
 from streamsend._logs import library_logger
 from streamsend._models import Batch
@@ -153,12 +152,15 @@ def open_session(
     """A session to the service: its proxy and CAs as `proxy_for` and `tls_context` say."""
     url = settings.base_url
     https = url.lower().startswith("https://")
+    proxy = proxy_for(url, settings.proxy, os.environ if env is None else env)
+    if proxy is not None and proxy.lower().startswith("https://"):
+        load_deferred_cas()  # aiohttp reaches a TLS proxy with its own default context
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
             limit=settings.most_in_flight + 2,
             ssl=tls_context(settings.ca_bundle) if https else True,
         ),
-        proxy=proxy_for(url, settings.proxy, os.environ if env is None else env),
+        proxy=proxy,
         trace_configs=list(trace_configs),
         # Our own timeout wraps each attempt; aiohttp's default 5-minute total would
         # only blur which attempt timed out.

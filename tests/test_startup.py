@@ -115,6 +115,33 @@ def test_send_loads_metrics_only_when_asked(tmp_path: Path) -> None:
     assert "streamsend.emulator" in rehearsal
 
 
+def test_aiohttp_loads_no_ca_store_until_a_run_could_use_it() -> None:
+    """Importing the dispatcher imports aiohttp without its two default TLS contexts loading
+    the system's CAs (each 0.1 to 0.2 s of CPU); `load_deferred_cas` loads them, once."""
+    code = (
+        "import json, ssl\n"
+        "calls = []\n"
+        "real = ssl.SSLContext.set_default_verify_paths\n"
+        "def counting(self):\n"
+        "    calls.append(self)\n"
+        "    return real(self)\n"
+        "ssl.SSLContext.set_default_verify_paths = counting\n"
+        "import streamsend._dispatch, streamsend._http as http, aiohttp.connector as c\n"
+        "before = len(calls)\n"
+        "http.load_deferred_cas()\n"
+        "http.load_deferred_cas()\n"
+        "loaded = c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca']\n"
+        "print(json.dumps([before, len(calls), loaded > 0]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(), capture_output=True, timeout=60, check=True
+    )
+    before, after, loaded = json.loads(done.stdout)
+    assert before == 0
+    assert after == 2  # the verified and the unverified context, each once
+    assert loaded  # the system store has CAs, and now aiohttp's context holds them
+
+
 def test_lazy_exports_match_the_type_checking_imports() -> None:
     """Every public name is imported lazily from the module the `TYPE_CHECKING` block (what
     type checkers see) names, and nothing is exported that the block doesn't import."""
