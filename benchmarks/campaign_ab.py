@@ -24,7 +24,13 @@ from pathlib import Path
 from benchmarks._emulator import EmulatorProcess
 from benchmarks._inputs import write_input
 from benchmarks._process import run_measured
-from benchmarks._tools import UNPACED, count_outcomes, remove_run_files, streamsend_command
+from benchmarks._tools import (
+    UNPACED,
+    compile_as_installed,
+    count_outcomes,
+    remove_run_files,
+    streamsend_command,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Each variant: the extra `send` flags, and whether it runs the baseline's code.
@@ -59,6 +65,7 @@ def _baseline_tree(rev: str) -> Path:
             check=True,
             capture_output=True,
         )
+    compile_as_installed(tree)
     return tree
 
 
@@ -72,6 +79,7 @@ def main() -> None:
     data = args.data_dir
     data.mkdir(parents=True, exist_ok=True)
     baseline = _baseline_tree(args.baseline)
+    compile_as_installed(REPO_ROOT)
     source = write_input(data / f"ab-{args.messages}.ndjson", args.messages)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSEND_")}
     figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
