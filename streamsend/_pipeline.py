@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from streamsend._attempts import Backoff
 from streamsend._batcher import Batcher
@@ -39,6 +40,8 @@ from streamsend._types import (
     RateLimiter,
 )
 from streamsend._validate import Validator
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,16 +240,19 @@ class Pipeline:
     async def _read_all(self) -> None:
         fingerprints = self._fingerprints
         reading: str | None = None
-        async for block in self._source:
-            if fingerprints is not None:
-                if reading is not None and block.source != reading:
-                    fingerprints.end(reading)
-                reading = block.source
-                fingerprints.observe(block)  # raises InputError when resume meets other input
-            hold = fingerprints is not None and fingerprints.pending(block.source)
-            await self._take_block(block, hold=hold)
-            if self.dispatcher.aborted.is_set():
-                return
+        async for whole in self._source:
+            for block in _parts(whole, PART_LINES):
+                if fingerprints is not None:
+                    if reading is not None and block.source != reading:
+                        fingerprints.end(reading)
+                    reading = block.source
+                    fingerprints.observe(block)  # InputError when resume meets other input
+                hold = fingerprints is not None and fingerprints.pending(block.source)
+                await self._take_block(block, hold=hold)
+                if self.dispatcher.aborted.is_set():
+                    return
+                # Let timers run between parts (the pacing gate's above all: see PART_LINES).
+                await asyncio.sleep(0)
         if fingerprints is not None and reading is not None:
             fingerprints.end(reading)
 
@@ -366,6 +372,46 @@ class Pipeline:
             await asyncio.sleep(delay)
             if not self._reader_waiting:
                 await self._submit_all(self._batcher.flush_due(time.monotonic()))
+
+
+#: The most lines validated and batched in one go. The source reads 1 MiB at a time (about
+#: 8,000 lines); taken whole, such a block held the event loop for 30 to 40 ms on this project's
+#: 2-core machines, longer than the pacing bucket's 5 ms of slack, and `--rate 20000/s` came out
+#: 3 to 8% short (the bucket was full while the loop was busy, and what it could not hold was
+#: lost). 1,024 lines take about 3 ms, and run faster a line too (3.0 against 5.0 µs to
+#: validate: the working set stays in the CPU's cache).
+PART_LINES = 1024
+
+
+def _parts(block: LineBlock, most: int) -> Iterator[LineBlock]:
+    """`block` cut into blocks of at most `most` lines (each with its own refusals, deadlines
+    and share of the bytes read)."""
+    lines = block.lines
+    if len(lines) <= most:
+        yield block
+        return
+    shared = 0
+    for start in range(0, len(lines), most):
+        part = lines[start : start + most]
+        first = block.first_line + start
+        last = first + len(part) - 1
+        end = start + len(part) >= len(lines)
+        nbytes = block.nbytes - shared if end else block.nbytes * len(part) // len(lines)
+        shared += nbytes
+        yield LineBlock(
+            block.source,
+            first,
+            part,
+            nbytes,
+            _within(block.errors, first, last),
+            _within(block.deadlines, first, last),
+        )
+
+
+def _within(by_line: dict[int, _T] | None, first: int, last: int) -> dict[int, _T] | None:
+    if not by_line:
+        return None
+    return {line: value for line, value in by_line.items() if first <= line <= last} or None
 
 
 def dispatch_settings(settings: Settings, api_key: str, **changes: Any) -> DispatchSettings:

@@ -31,9 +31,10 @@ from streamsend._dedupe import Dedupe
 from streamsend._journal import line_ranges
 from streamsend._models import Batch, BatchOutcome, Message, Outcome, Status
 from streamsend._outcomes import FileSink, OutcomeEncoder
-from streamsend._pipeline import Pipeline
+from streamsend._pipeline import Pipeline, _parts
 from streamsend._protocol import protocol_for
 from streamsend._source import read_inputs
+from streamsend._types import LineBlock
 from streamsend._validate import MIN_COLUMNAR_RUN, Validator
 from tests.conftest import API_KEY, V1_LIST, EmulatorFactory
 
@@ -437,3 +438,36 @@ async def test_a_run_writes_the_same_outcome_lines_either_way(
     assert statuses.count("queued") == 2997
     assert statuses.count("invalid") == 1
     assert statuses.count("duplicate") == 1
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b"", None]), max_size=40),
+    st.integers(1, 12),
+    st.integers(1, 1000),
+    st.integers(0, 10_000),
+)
+def test_a_block_cut_into_parts_keeps_every_line_and_its_refusal_once(
+    lines: list[bytes | None], most: int, first_line: int, nbytes: int
+) -> None:
+    """The pipeline takes a block in parts of at most PART_LINES lines (the event loop runs
+    between them): the parts hold every line once, numbered on, each with the refusals and
+    deadlines of its own lines, and the bytes read add up."""
+    errors = {first_line + i: ("bad", "x") for i in range(0, len(lines), 3)}
+    deadlines = {first_line + i: float(i) for i in range(1, len(lines), 4)}
+    block = LineBlock("in", first_line, lines, nbytes, errors or None, deadlines or None)
+    parts = list(_parts(block, most))
+    assert [line for part in parts for line in part.lines] == lines
+    assert all(len(part.lines) <= most for part in parts)
+    assert sum(part.nbytes for part in parts) == nbytes
+    line = first_line
+    seen_errors: dict[int, tuple[str, str]] = {}
+    seen_deadlines: dict[int, float] = {}
+    for part in parts:
+        assert part.first_line == line
+        line += len(part.lines)
+        for found, into in ((part.errors, seen_errors), (part.deadlines, seen_deadlines)):
+            for at, value in (found or {}).items():
+                assert part.first_line <= at < line
+                into[at] = value  # type: ignore[assignment]
+    assert seen_errors == errors
+    assert seen_deadlines == deadlines
