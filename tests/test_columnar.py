@@ -253,7 +253,7 @@ def _plain_heavy_blocks(draw: st.DrawFn) -> list[list[bytes | None]]:
         _plain_heavy_blocks().map(lambda blocks: [line for b in blocks for line in b]),
     )
 )
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_columnar_validation_gives_the_per_line_messages_and_outcomes(
     lines: list[bytes | None],
 ) -> None:
@@ -337,7 +337,7 @@ def test_one_odd_line_never_slips_into_a_proved_run(
 
 
 @given(_plain_heavy_blocks(), st.booleans())
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_both_paths_write_the_same_outcomes_file(
     blocks: list[list[bytes | None]], dedupe: bool
 ) -> None:
@@ -471,3 +471,31 @@ def test_a_block_cut_into_parts_keeps_every_line_and_its_refusal_once(
                 into[at] = value  # type: ignore[assignment]
     assert seen_errors == errors
     assert seen_deadlines == deadlines
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error", "rejections"),
+    [
+        (Status.QUEUED, None, None, {1: ("invalid_phone", 'the service says "no"'), 6: ("x", "y")}),
+        (Status.FAILED, "bad_request", "the service refused the request (400) 100%", None),
+        (Status.UNKNOWN, "timeout", "no answer in 30 s", None),
+    ],
+)
+def test_a_request_of_columns_encodes_as_its_messages_do(
+    status: Status,
+    code: str | None,
+    error: str | None,
+    rejections: dict[int, tuple[str, str]] | None,
+) -> None:
+    """Every answer a request can end with (some messages rejected, failed, unknown) encodes
+    the same outcome lines from columns as from the same messages in a tuple, refs or none."""
+    lines: list[bytes | None] = [_plain(i, ref=i % 3 != 0) for i in range(10)]
+    lines += [_plain(i, ref=True) for i in range(10, 20)]
+    (columns, _, _), _ = _both(lines)
+    assert type(columns) is Columns
+    encoder = OutcomeEncoder()
+    for part in (columns, columns[10:]):
+        from_columns = BatchOutcome(part, status, 7, 2, SENDER, code, error, rejections)
+        from_tuple = BatchOutcome(tuple(part), status, 7, 2, SENDER, code, error, rejections)
+        assert encoder.encode_batch(from_columns) == encoder.encode_batch(from_tuple)
+        assert encoder.encode_batch(from_columns) == encoder.encode(from_tuple.outcomes())
