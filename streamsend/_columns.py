@@ -21,8 +21,9 @@ from typing import overload
 
 from streamsend._models import Encoding, Message
 
-# Message(...) runs NamedTuple's generated __new__; building the tuple directly skips that frame.
-_new_message = partial(tuple.__new__, Message)
+# Message(...) runs NamedTuple's generated __new__; building the tuple directly skips that frame
+# (the validator's per-line path builds its Messages with it too).
+new_message = partial(tuple.__new__, Message)
 
 
 class Columns(Sequence[Message]):
@@ -107,7 +108,7 @@ class Columns(Sequence[Message]):
                 self.segments[index],
                 self.encodings[index],
             )
-        return _new_message(
+        return new_message(
             (
                 self.source,
                 self.lines[index],
@@ -199,6 +200,7 @@ __all__ = [
     "drop",
     "line_runs",
     "lines_of",
+    "new_message",
     "recipient_numbers",
     "recipients_of",
     "segments_total",

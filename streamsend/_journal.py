@@ -23,6 +23,8 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import groupby
+from operator import attrgetter
 
 import orjson
 
@@ -30,6 +32,8 @@ from streamsend._columns import Columns, line_runs
 from streamsend._durable import GroupSync, cut_torn_line
 from streamsend._fingerprint import ALGORITHMS, Fingerprint
 from streamsend._models import DELIBERATE_STATUSES, FINAL_STATUSES, Message, Status
+
+_SOURCE = attrgetter("source")
 
 
 class Decision(IntEnum):
@@ -43,23 +47,14 @@ def line_ranges(messages: Sequence[Message]) -> dict[str, list[list[int]]]:
     """Compress a batch's line numbers into [first, last] runs per source."""
     if not messages:
         return {}
-    if type(messages) is Columns:  # one source: its runs straight from the line column
-        return {messages.source: line_runs(messages)}
-    first, last = messages[0], messages[-1]
-    # The usual batch: consecutive lines of one input. Lines of a source only increase within a
-    # batch and inputs are read one after another (the CLI refuses an input named twice), so
-    # equal sources at both ends and a span of exactly len(messages) prove it without a loop.
-    if first.source == last.source and last.line - first.line == len(messages) - 1:
-        return {first.source: [[first.line, last.line]]}
+    # Lines of a source only increase within a batch and inputs are read one after another
+    # (the CLI refuses an input named twice), so equal sources at both ends mean one input, and
+    # a batch's messages come in one stretch per input.
+    if type(messages) is Columns or messages[0].source == messages[-1].source:
+        return {messages[0].source: line_runs(messages)}
     ranges: dict[str, list[list[int]]] = {}
-    for m in messages:
-        runs = ranges.get(m.source)
-        if runs is None:
-            ranges[m.source] = [[m.line, m.line]]
-        elif runs[-1][1] + 1 == m.line:
-            runs[-1][1] = m.line
-        else:
-            runs.append([m.line, m.line])
+    for source, stretch in groupby(messages, key=_SOURCE):
+        ranges.setdefault(source, []).extend(line_runs(list(stretch)))
     return ranges
 
 

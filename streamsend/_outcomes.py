@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from itertools import chain
 from typing import BinaryIO
 
@@ -157,18 +158,7 @@ class OutcomeEncoder:
             template = without_ref
         else:  # some with a ref, some without: two templates, one `%` per message
             return b"".join(
-                self.encode_batch(
-                    BatchOutcome(
-                        part,
-                        result.status,
-                        result.request,
-                        result.attempts,
-                        result.sender,
-                        result.code,
-                        result.error,
-                    )
-                )
-                for part in _runs_by_ref(columns)
+                self.encode_batch(replace(result, messages=part)) for part in _runs_by_ref(columns)
             )
         if columns.segments.count(1) == n and columns.encodings.count(Encoding.GSM7) == n:
             template = template[: -len(_VARYING_TAIL)] + _ONE_GSM7_SEGMENT_TAIL

@@ -261,7 +261,7 @@ class Pipeline:
 
         With `hold`, keep them instead: a resumed input is not trusted until it has been read as
         far as the earlier run read it (see `_fingerprint`), and nothing of it may go before."""
-        columns: Columns | None = None  # the default sender's messages, on the columnar path
+        columns: Columns | None = None  # the messages, on the columnar path (see validate_block)
         messages: list[Message] = []
         others: list[Outcome] = []  # invalid lines, and lines a crashed run left in flight
         if self._resume is None:

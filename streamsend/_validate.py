@@ -19,21 +19,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Sequence
-from functools import partial
 from itertools import chain, repeat
 from operator import attrgetter
 
 import orjson
 
-from streamsend._columns import Columns
+from streamsend._columns import Columns, new_message
 from streamsend._models import Encoding, Message, Outcome, Status
 from streamsend._protocol import protocol_for
 from streamsend._segments import ASCII_SEGMENT_SPECIAL, count_segments, count_segments_ascii
 from streamsend._types import ApiVersion
-
-# Message(...) runs NamedTuple's generated Python __new__; building the tuple directly skips
-# that frame, which is a tenth of validating a plain line.
-_new_message = partial(tuple.__new__, Message)
 
 MAX_BODY_CHARS = 1600
 
@@ -181,7 +176,7 @@ class Validator:
                 size = len(body)
                 if len(body.translate(None, special)) == size:
                     keep(
-                        _new_message(
+                        new_message(
                             (
                                 source,
                                 line,
@@ -218,21 +213,27 @@ class Validator:
             self.validate_lines(source, first_line, lines, messages, others)
             return None, messages
         n = len(lines)
+        refuted = None  # the run already refused below, not to be proved twice
         if n >= MIN_COLUMNAR_RUN and all(lines):  # no blank line, none too long
             # The usual block: every line plain, proved in one go.
             whole = self._prove_run(source, first_line, n, b"\x00".join(lines))  # type: ignore[arg-type]
             if whole is not None:
                 return whole, []
+            refuted = (0, n)
         parts: list[Columns] = []
         elsewhere: list[Message] = []  # messages naming another sender
         done = 0
-        for lo, hi, _quotes in _candidate_runs(lines):
+        for lo, hi in _candidate_runs(lines):
             if lo > done:
                 self._take_per_line(
                     source, first_line + done, lines[done:lo], others, parts, elsewhere
                 )
             run = lines[lo:hi]
-            proved = self._prove_run(source, first_line + lo, hi - lo, b"\x00".join(run))  # type: ignore[arg-type]
+            proved = (
+                None
+                if (lo, hi) == refuted
+                else self._prove_run(source, first_line + lo, hi - lo, b"\x00".join(run))  # type: ignore[arg-type]
+            )
             if proved is None:
                 self._take_per_line(source, first_line + lo, run, others, parts, elsewhere)
             else:
@@ -252,12 +253,8 @@ class Validator:
     ) -> tuple[Columns | None, list[Message]]:
         sender = self._default_sender_str
         mine = [m for m in messages if m.sender == sender]
-        if len(mine) == len(messages):
-            return (Columns.of_messages(source, sender, mine) if mine else None), []
-        return (
-            Columns.of_messages(source, sender, mine) if mine else None,
-            [m for m in messages if m.sender != sender],
-        )
+        theirs = [m for m in messages if m.sender != sender] if len(mine) < len(messages) else []
+        return (Columns.of_messages(source, sender, mine) if mine else None), theirs
 
     def _take_per_line(  # noqa: PLR0917 - a private helper of validate_block
         self,
@@ -295,7 +292,7 @@ class Validator:
             return None  # a control character, a backslash, a backtick or non-ASCII
         pieces = joined.split(b'"')
         per_line = (len(pieces) - 1) // n
-        if per_line not in (12, 8) or len(pieces) != per_line * n + 1:
+        if per_line not in _PLAIN_QUOTES or len(pieces) != per_line * n + 1:
             return None
         keys = pieces[1::per_line]
         colons = pieces[2::per_line] + pieces[6::per_line]
@@ -518,8 +515,9 @@ def _interleave(first: list[bytes], second: list[bytes]) -> Iterator[bytes]:
     return chain.from_iterable(zip(first, second, strict=True))
 
 
-def _candidate_runs(lines: Sequence[bytes | None]) -> list[tuple[int, int, int]]:
-    """Runs [lo, hi) of lines that may have the plain shape, with their quote count (12 or 8).
+def _candidate_runs(lines: Sequence[bytes | None]) -> list[tuple[int, int]]:
+    """Runs [lo, hi) of lines that may have the plain shape (the block that failed the proof as
+    a whole, cut where it can't hold).
 
     A candidate is non-empty printable ASCII without a backslash, with 12 or 8 quotes, and a
     run holds lines of one quote count. Each test is one C-level pass over the whole block;
@@ -538,13 +536,7 @@ def _candidate_runs(lines: Sequence[bytes | None]) -> list[tuple[int, int, int]]
     if len(joined.translate(None, _PRINTABLE)) != n - 1:  # only the joining newlines may remain
         bad.update(i for i, raw in enumerate(safe) if raw.translate(None, _PRINTABLE))
     counts = list(map(bytes.count, safe, repeat(b'"')))
-    if (
-        not bad
-        and counts.count(counts[0] if counts else 0) == n
-        and (n and counts[0] in _PLAIN_QUOTES)
-    ):
-        return [(0, n, counts[0])] if n >= MIN_COLUMNAR_RUN else []
-    runs: list[tuple[int, int, int]] = []
+    runs: list[tuple[int, int]] = []
     lo = 0
     while lo < n:
         quotes = counts[lo]
@@ -555,7 +547,7 @@ def _candidate_runs(lines: Sequence[bytes | None]) -> list[tuple[int, int, int]]
         while hi < n and counts[hi] == quotes and hi not in bad:
             hi += 1
         if hi - lo >= MIN_COLUMNAR_RUN:
-            runs.append((lo, hi, quotes))
+            runs.append((lo, hi))
         lo = hi
     return runs
 
