@@ -100,7 +100,7 @@ class InputFingerprints:
             del self._expected[source]
             running.update(_hashed(lines[upto:]))
         else:
-            running.update(_hashed(lines))
+            running.update(_hashed(lines) if block.text is None else block.text)
         self._nbytes[source] += block.nbytes
         if self._record is not None and lines:
             self._record(

@@ -241,12 +241,14 @@ class Pipeline:
         fingerprints = self._fingerprints
         reading: str | None = None
         async for whole in self._source:
+            if fingerprints is not None:
+                # The whole block at once: one hash of the text as read (see LineBlock.text)
+                # and one journal record, still before any line of the block can be sent.
+                if reading is not None and whole.source != reading:
+                    fingerprints.end(reading)
+                reading = whole.source
+                fingerprints.observe(whole)  # InputError when resume meets other input
             for block in _parts(whole, PART_LINES):
-                if fingerprints is not None:
-                    if reading is not None and block.source != reading:
-                        fingerprints.end(reading)
-                    reading = block.source
-                    fingerprints.observe(block)  # InputError when resume meets other input
                 hold = fingerprints is not None and fingerprints.pending(block.source)
                 await self._take_block(block, hold=hold)
                 if self.dispatcher.aborted.is_set():

@@ -175,19 +175,26 @@ async def split_lines(
                     skipping, tail = True, b""
             continue
         ended_long_line = skipping
+        # The bytes of the lines as read, when they are exactly the lines (see LineBlock.text).
+        text: bytes | None = None
+        if not ended_long_line:
+            text = tail + chunk[: len(chunk) - len(rest)]
         parts[0] = b"" if skipping else tail + parts[0]
-        if next_line == 1 and not ended_long_line:
+        if next_line == 1 and not ended_long_line and parts[0].startswith(_BOM):
             parts[0] = parts[0].removeprefix(_BOM)
+            text = None
         skipping = _content_length(rest, first_line=False) > max_line_bytes
         tail = b"" if skipping else rest
         if b"\r" in chunk or parts[0].endswith(b"\r"):
             parts = [part[:-1] if part.endswith(b"\r") else part for part in parts]
+            text = None
         lines: list[bytes | None] = list(parts)
         if max(map(len, parts)) > max_line_bytes:
             lines = [None if len(part) > max_line_bytes else part for part in parts]
+            text = None
         if ended_long_line:
             lines[0] = None
-        yield LineBlock(source, next_line, lines, pending_bytes)
+        yield LineBlock(source, next_line, lines, pending_bytes, text=text)
         next_line += len(lines)
         pending_bytes = 0
     if skipping:

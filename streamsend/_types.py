@@ -56,6 +56,11 @@ class LineBlock:
     errors: dict[int, tuple[str, str]] | None = None
     # Lines with a `send_before`: line -> the moment (Unix time) after which it must not leave.
     deadlines: dict[int, float] | None = None
+    # When set, exactly `b"\n".join(lines) + b"\n"`: the lines as read, in one piece. The
+    # source has it for free where the input's bytes are the lines (LF endings, no BOM, no line
+    # over the limit), so the stages that look at a whole block (the `send_before` check, the
+    # input fingerprint) need not join its lines again. Any change to `lines` drops it.
+    text: bytes | None = None
 
 
 class LineSource(Protocol):

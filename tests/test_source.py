@@ -74,6 +74,8 @@ def flatten(blocks: Sequence[LineBlock], source: str) -> list[bytes | None]:
         assert block.source == source
         assert block.first_line == len(lines) + 1
         assert block.lines, "a block carries at least one line"
+        if block.text is not None:  # the lines as read, in one piece (see LineBlock.text)
+            assert block.text == b"\n".join(block.lines) + b"\n"  # type: ignore[arg-type]
         lines.extend(block.lines)
     return lines
 
@@ -101,6 +103,20 @@ async def test_chunked_split_matches_reference(
     assert flatten(blocks, "in.ndjson") == expected
     # Every byte is accounted for progress, except those of an input that has no line at all.
     assert sum(block.nbytes for block in blocks) == (len(data) if expected else 0)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 7, 1 << 20])
+async def test_lf_lines_come_with_their_text(chunk_size: int) -> None:
+    """Where the bytes read are exactly the lines (LF endings, no BOM, none over the limit),
+    every block carries them in one piece, the lines split across chunks included; a CRLF,
+    a leading BOM or a long line takes the text away only from the block it is in."""
+    data = b"ab\ncd\n\nefg\n"
+    blocks = await collect(split_lines("-", ChunkedReader(data, [chunk_size]), 8, chunk_size))
+    assert all(block.text is not None for block in blocks)
+    assert b"".join(block.text or b"" for block in blocks) == data
+    for odd in (b"ab\r\ncd\n", BOM + b"ab\ncd\n", b"ab\n123456789\n"):
+        whole = await collect(split_lines("-", ChunkedReader(odd, [1 << 20]), 8))
+        assert [block.text for block in whole] == [None]
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 5, 7, 64, 1 << 20])
