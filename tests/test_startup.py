@@ -102,6 +102,16 @@ def test_help_loads_no_event_loop(tmp_path: Path) -> None:
     assert "importlib.metadata" not in loaded
 
 
+def test_toml_parser_loads_only_for_a_config_file(tmp_path: Path) -> None:
+    """Without a config file (no --config, no STREAMSEND_CONFIG), neither `--help` nor the
+    settings `send` resolves load tomllib; with one, it is read as before."""
+    assert "tomllib" not in _loaded_by(tmp_path, "--help")
+    assert "tomllib" not in _loaded_by(tmp_path, "config", "show")
+    config = tmp_path / "streamsend.toml"
+    config.write_text("retries = 7\n")
+    assert "tomllib" in _loaded_by(tmp_path, "config", "show", "--config", str(config))
+
+
 def test_send_loads_metrics_only_when_asked(tmp_path: Path) -> None:
     """A plain `send` over http:// loads aiohttp but not prometheus or the emulator; with
     --metrics-port it loads prometheus; with --emulator, the emulator."""
@@ -114,6 +124,7 @@ def test_send_loads_metrics_only_when_asked(tmp_path: Path) -> None:
             tmp_path, *common, "--outcomes", str(tmp_path / "b.ndjson"), "--metrics-port", "0"
         )
     assert "aiohttp" in plain
+    assert "tomllib" not in plain  # no config file
     assert "prometheus_client" not in plain
     assert "streamsend.emulator" not in plain
     assert "prometheus_client" in metrics
