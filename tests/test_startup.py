@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,10 +21,13 @@ import streamsend
 from tests.conftest import API_KEY, V1_LIST, clean_env, emulator_subprocess
 
 #: Runs `streamsend._cli.main(argv)` in a fresh interpreter (as the console script does), then
-#: writes the loaded modules (top-level packages; streamsend's own in full) to the file named first.
+#: writes the loaded modules (top-level packages; streamsend's own in full), and how many garbage
+#: collections ran during `main`, to the file named first.
 _PROBE = """
-import json, sys
+import gc, sys
 from streamsend._cli import main
+collections = []
+gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(info))
 try:
     code = main(sys.argv[2:])
 except SystemExit as exit:  # --help ends by raising it
@@ -31,14 +35,19 @@ except SystemExit as exit:  # --help ends by raising it
 names = sorted(
     {m if m.startswith(("streamsend", "importlib")) else m.split(".")[0] for m in sys.modules}
 )
+import json  # (only now: whether the command loaded it is in the report)
 with open(sys.argv[1], "w") as out:
-    json.dump({"exit_code": int(code), "modules": names}, out)
+    json.dump({"exit_code": int(code), "modules": names, "collections": len(collections)}, out)
 """
 
 HEAVY = {"aiohttp", "prometheus_client", "streamsend.emulator", "structlog", "streamsend._pipeline"}
 
 
 def _loaded_by(tmp_path: Path, *argv: str) -> set[str]:
+    return set(_probe(tmp_path, *argv)["modules"])
+
+
+def _probe(tmp_path: Path, *argv: str) -> dict[str, Any]:
     report = tmp_path / "modules.json"
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, str(report), *argv],
@@ -50,7 +59,7 @@ def _loaded_by(tmp_path: Path, *argv: str) -> set[str]:
     assert report.exists(), done.stderr.decode()
     result = json.loads(report.read_text())
     assert result["exit_code"] == 0, done.stderr.decode()
-    return set(result["modules"])
+    return result  # type: ignore[no-any-return]
 
 
 def test_importing_the_cli_loads_nothing_heavy() -> None:
@@ -87,11 +96,29 @@ def test_commands_that_send_nothing_load_no_http_client(tmp_path: Path, argv: li
 
 def test_help_loads_no_event_loop(tmp_path: Path) -> None:
     """`streamsend --help` doesn't load asyncio, the rate limiter's library, the campaign stage,
-    the validator or package metadata (each tens of ms of CPU, measured with -X importtime)."""
+    the validator or package metadata (each tens of ms of CPU, measured with -X importtime),
+    nor the settings and the JSON module they bring (~10 ms)."""
     loaded = _loaded_by(tmp_path, "--help")
-    lazy = {"asyncio", "aiolimiter", "streamsend._campaign", "streamsend._validate"}
+    lazy = {
+        "asyncio",
+        "aiolimiter",
+        "streamsend._campaign",
+        "streamsend._validate",
+        "streamsend._config",
+        "json",
+    }
     assert not loaded & lazy, loaded & lazy
     assert "importlib.metadata" not in loaded
+
+
+def test_toml_parser_loads_only_for_a_config_file(tmp_path: Path) -> None:
+    """Without a config file (no --config, no STREAMSEND_CONFIG), neither `--help` nor the
+    settings `send` resolves load tomllib; with one, it is read as before."""
+    assert "tomllib" not in _loaded_by(tmp_path, "--help")
+    assert "tomllib" not in _loaded_by(tmp_path, "config", "show")
+    config = tmp_path / "streamsend.toml"
+    config.write_text("retries = 7\n")
+    assert "tomllib" in _loaded_by(tmp_path, "config", "show", "--config", str(config))
 
 
 def test_send_loads_metrics_only_when_asked(tmp_path: Path) -> None:
@@ -106,6 +133,7 @@ def test_send_loads_metrics_only_when_asked(tmp_path: Path) -> None:
             tmp_path, *common, "--outcomes", str(tmp_path / "b.ndjson"), "--metrics-port", "0"
         )
     assert "aiohttp" in plain
+    assert "tomllib" not in plain  # no config file
     assert "prometheus_client" not in plain
     assert "streamsend.emulator" not in plain
     assert "prometheus_client" in metrics
@@ -113,6 +141,19 @@ def test_send_loads_metrics_only_when_asked(tmp_path: Path) -> None:
         tmp_path, "send", str(source), "--emulator", "--outcomes", str(tmp_path / "c.ndjson")
     )
     assert "streamsend.emulator" in rehearsal
+
+
+def test_send_runs_no_garbage_collection_over_its_imports(tmp_path: Path) -> None:
+    """`send` raises the collector's thresholds before it imports the campaign stage, aiohttp
+    and structlog, so no collection walks the objects they create (the default thresholds ran
+    about 80 over them) until they are frozen; a one-line run runs none at all."""
+    source = tmp_path / "in.ndjson"
+    source.write_bytes(b'{"to_msisdn": "+14155550100", "body": "hi"}\n')
+    with emulator_subprocess(tmp_path) as emulator:
+        argv = ["send", str(source), "--base-url", emulator.base_url, "--from", V1_LIST]
+        result = _probe(tmp_path, *argv, "--outcomes", str(tmp_path / "out.ndjson"))
+    assert "aiohttp" in result["modules"]
+    assert result["collections"] == 0
 
 
 def test_aiohttp_loads_no_ca_store_until_a_run_could_use_it() -> None:
