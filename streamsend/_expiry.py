@@ -45,8 +45,7 @@ def ndjson_deadlines(block: LineBlock) -> LineBlock:
     One substring search over the block decides whether any line has one at all: the usual
     campaign has none, and pays nothing per line.
     """
-    text = block.text
-    if b"send_before" not in (b"".join(filter(None, block.lines)) if text is None else text):
+    if b"send_before" not in block.data():
         return block
     lines = list(block.lines)
     deadlines = dict(block.deadlines) if block.deadlines else {}

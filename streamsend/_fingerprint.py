@@ -16,11 +16,11 @@ them computes): OpenSSL's SHA-256 runs on the CPU's SHA extensions, about 1.1 GB
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from streamsend._exceptions import InputError
-from streamsend._types import LineBlock
+from streamsend._types import LineBlock, joined_lines
 
 #: The digests a journal may name, by their record key; new runs write the first.
 ALGORITHMS = ("sha256", "blake2b")
@@ -40,16 +40,6 @@ class Fingerprint:
     nbytes: int
     digest: str
     algorithm: str = ALGORITHMS[0]
-
-
-def _hashed(lines: Sequence[bytes | None]) -> bytes:
-    """The lines, each ended by a newline. A line too long to keep (None) hashes as a NUL: it
-    is "a line too long" in both runs."""
-    if not lines:
-        return b""
-    if None in lines:
-        lines = [b"\0" if raw is None else raw for raw in lines]
-    return b"\n".join(lines) + b"\n"  # type: ignore[arg-type]
 
 
 def _name(source: str) -> str:
@@ -89,7 +79,7 @@ class InputFingerprints:
         last = block.first_line + len(lines) - 1
         if expected is not None and last >= expected.lines:
             upto = expected.lines - block.first_line + 1
-            running.update(_hashed(lines[:upto]))
+            running.update(joined_lines(lines[:upto]))
             if running.hexdigest() != expected.digest:
                 raise InputError(
                     f"--resume: {_name(source)} is not the input the earlier run read (its "
@@ -98,9 +88,9 @@ class InputFingerprints:
                     "(every line is sent again)"
                 )
             del self._expected[source]
-            running.update(_hashed(lines[upto:]))
+            running.update(joined_lines(lines[upto:]))
         else:
-            running.update(_hashed(lines) if block.text is None else block.text)
+            running.update(block.data())
         self._nbytes[source] += block.nbytes
         if self._record is not None and lines:
             self._record(

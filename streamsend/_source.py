@@ -175,25 +175,26 @@ async def split_lines(
                     skipping, tail = True, b""
             continue
         ended_long_line = skipping
-        # The bytes of the lines as read, when they are exactly the lines (see LineBlock.text).
-        text: bytes | None = None
-        if not ended_long_line:
-            text = tail + chunk[: len(chunk) - len(rest)]
+        head = tail  # where this chunk's first line began, in the chunk before
+        # Whether the bytes read are exactly the lines (see LineBlock.text): no line ending or
+        # BOM taken off, no line dropped for its length.
+        exact = not ended_long_line
         parts[0] = b"" if skipping else tail + parts[0]
         if next_line == 1 and not ended_long_line and parts[0].startswith(_BOM):
             parts[0] = parts[0].removeprefix(_BOM)
-            text = None
+            exact = False
         skipping = _content_length(rest, first_line=False) > max_line_bytes
         tail = b"" if skipping else rest
         if b"\r" in chunk or parts[0].endswith(b"\r"):
             parts = [part[:-1] if part.endswith(b"\r") else part for part in parts]
-            text = None
+            exact = False
         lines: list[bytes | None] = list(parts)
         if max(map(len, parts)) > max_line_bytes:
             lines = [None if len(part) > max_line_bytes else part for part in parts]
-            text = None
+            exact = False
         if ended_long_line:
             lines[0] = None
+        text = head + chunk[: len(chunk) - len(rest)] if exact else None
         yield LineBlock(source, next_line, lines, pending_bytes, text=text)
         next_line += len(lines)
         pending_bytes = 0

@@ -56,11 +56,25 @@ class LineBlock:
     errors: dict[int, tuple[str, str]] | None = None
     # Lines with a `send_before`: line -> the moment (Unix time) after which it must not leave.
     deadlines: dict[int, float] | None = None
-    # When set, exactly `b"\n".join(lines) + b"\n"`: the lines as read, in one piece. The
-    # source has it for free where the input's bytes are the lines (LF endings, no BOM, no line
-    # over the limit), so the stages that look at a whole block (the `send_before` check, the
+    # When set, exactly `joined_lines(lines)`: the lines as read, in one piece. The source has
+    # it for free where the input's bytes are the lines (LF endings, no BOM, no line over the
+    # limit), so the stages that look at a whole block (`data()`: the `send_before` check, the
     # input fingerprint) need not join its lines again. Any change to `lines` drops it.
     text: bytes | None = None
+
+    def data(self) -> bytes:
+        """The block's lines in one piece (`joined_lines`), as the source kept them or joined."""
+        return joined_lines(self.lines) if self.text is None else self.text
+
+
+def joined_lines(lines: Sequence[bytes | None]) -> bytes:
+    """The lines, each ended by a newline. A line too long to keep (None) stands as a NUL: it
+    is "a line too long" wherever it is compared (the input fingerprint of two runs)."""
+    if not lines:
+        return b""
+    if None in lines:
+        lines = [b"\0" if raw is None else raw for raw in lines]
+    return b"\n".join(lines) + b"\n"  # type: ignore[arg-type]
 
 
 class LineSource(Protocol):
